@@ -1,0 +1,44 @@
+"""Hugging Face transformers' causal LM and generation API on MindSpore.
+
+Names are resolved on first use, so importing the package (or its torch-free GGUF tools) stays cheap."""
+
+import importlib
+
+_EXPORTS = {
+    "AutoConfig": "models.auto",
+    "AutoModel": "models.auto",
+    "AutoModelForCausalLM": "models.auto",
+    "AutoTokenizer": "models.auto",
+    "LlamaForCausalLM": "models.llama",
+    "LlamaModel": "models.llama",
+    "LlamaPreTrainedModel": "models.llama",
+    "PreTrainedModel": "modeling_utils",
+    "Cache": "cache_utils",
+    "DynamicCache": "cache_utils",
+    "GenerationConfig": "generation",
+    "GenerationMixin": "generation",
+    "LogitsProcessor": "generation",
+    "LogitsProcessorList": "generation",
+    "TemperatureLogitsWarper": "generation",
+    "TopKLogitsWarper": "generation",
+    "TopPLogitsWarper": "generation",
+    "StoppingCriteria": "generation",
+    "StoppingCriteriaList": "generation",
+    "MaxLengthCriteria": "generation",
+    "EosTokenCriteria": "generation",
+    "set_seed": "utils",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

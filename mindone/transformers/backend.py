@@ -1,0 +1,67 @@
+"""Every choice that depends on the MindSpore device target lives here.
+
+The CPU backend lacks many `mint` kernels (embedding and argmax in PyNative, multinomial, bf16 matmul, fused
+RMSNorm/attention); model and generation code call these helpers instead of picking ops themselves.
+"""
+
+import functools
+
+import mindspore as ms
+from mindspore import mint, ops
+
+_matmul_nt = ops.MatMul(transpose_b=True)
+
+
+def device_target() -> str:
+    return ms.get_context("device_target")
+
+
+def is_ascend() -> bool:
+    return device_target() == "Ascend"
+
+
+@functools.lru_cache(maxsize=None)
+def prepare_runtime() -> None:
+    """On CPU, PyNative dispatches ops asynchronously and pays ~1.4 ms per op for it on 2 cores; blocking launch
+    removes that overhead (measured: a 576x1536 linear goes from 5.5 ms to 0.18 ms)."""
+    if device_target() == "CPU":
+        ms.runtime.launch_blocking()
+
+
+def linear(x: ms.Tensor, weight: ms.Tensor, bias=None) -> ms.Tensor:
+    """x @ weight.T (+ bias) with the weight kept in Hugging Face's (out, in) layout.
+
+    A 2-D MatMul with transpose_b is 40x faster on CPU PyNative than mint.nn.functional.linear."""
+    out = _matmul_nt(x.reshape(-1, x.shape[-1]), weight).reshape(*x.shape[:-1], weight.shape[0])
+    return out if bias is None else out + bias
+
+
+def embedding(ids: ms.Tensor, weight: ms.Tensor) -> ms.Tensor:
+    return ops.gather(weight, ids, 0)
+
+
+def argmax(x: ms.Tensor) -> ms.Tensor:
+    return ops.argmax(x, dim=-1)
+
+
+def multinomial(probs: ms.Tensor) -> ms.Tensor:
+    """One draw per row; reproducible under `set_seed`."""
+    if is_ascend():
+        return mint.multinomial(probs, 1).squeeze(1)
+    return ops.multinomial(probs, 1).squeeze(1)
+
+
+def cumsum(x: ms.Tensor, axis: int) -> ms.Tensor:
+    return ops.cumsum(x, axis)
+
+
+def arange(n: int, dtype=ms.int32) -> ms.Tensor:
+    return ops.arange(0, n, dtype=dtype)
+
+
+def check_dtype_supported(dtype) -> None:
+    if dtype == ms.bfloat16 and device_target() == "CPU":
+        raise ValueError(
+            "bfloat16 matmul is not available on MindSpore's CPU backend: load with dtype=ms.float32 "
+            "(or float16), or run on Ascend"
+        )

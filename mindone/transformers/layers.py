@@ -1,0 +1,207 @@
+"""Building blocks shared by every architecture: linear, embedding, norms, rotary embeddings, attention, MLP.
+
+Parameter names and layouts are Hugging Face's, so checkpoint keys map 1:1 onto these cells."""
+
+
+import contextlib
+
+import mindspore as ms
+from mindspore import Parameter, mint, nn
+from mindspore.common.initializer import Normal, initializer
+
+from . import backend
+from .modeling_rope_utils import compute_inv_freq, rope_type_of
+
+ACT2FN = {
+    "silu": mint.nn.functional.silu,
+    "swish": mint.nn.functional.silu,
+    "gelu": lambda x: mint.nn.functional.gelu(x),
+    "gelu_pytorch_tanh": lambda x: mint.nn.functional.gelu(x, approximate="tanh"),
+    "relu": mint.nn.functional.relu,
+}
+
+
+def get_activation(name: str):
+    if name not in ACT2FN:
+        raise ValueError(f"hidden_act '{name}' is not supported; supported: {', '.join(sorted(ACT2FN))}")
+    return ACT2FN[name]
+
+
+_DEFAULTS = {"dtype": ms.float32, "empty": False}
+
+
+@contextlib.contextmanager
+def parameter_defaults(dtype=ms.float32, empty: bool = False):
+    """Cells built inside take this dtype; `empty` allocates zeros lazily (no random init) for weights that a
+    checkpoint is about to overwrite. `init_parameter` gives a parameter its real initialisation afterwards."""
+    saved = dict(_DEFAULTS)
+    _DEFAULTS.update(dtype=dtype, empty=empty)
+    try:
+        yield
+    finally:
+        _DEFAULTS.update(saved)
+
+
+def _param(shape, init):
+    param = Parameter(initializer("zeros" if _DEFAULTS["empty"] else init, shape, _DEFAULTS["dtype"]))
+    param.hf_init = init
+    return param
+
+
+def init_parameter(param: Parameter) -> None:
+    param.set_data(initializer(param.hf_init, param.shape, param.dtype).init_data())
+
+
+class Linear(nn.Cell):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, std: float = 0.02):
+        super().__init__()
+        self.weight = _param((out_features, in_features), Normal(std))
+        self.bias = _param((out_features,), "zeros") if bias else None
+
+    def construct(self, x):
+        return backend.linear(x, self.weight, self.bias)
+
+
+class Embedding(nn.Cell):
+    def __init__(self, num_embeddings: int, embedding_dim: int, std: float = 0.02):
+        super().__init__()
+        self.weight = _param((num_embeddings, embedding_dim), Normal(std))
+
+    def construct(self, ids):
+        return backend.embedding(ids, self.weight)
+
+
+class RMSNorm(nn.Cell):
+    """Normalises in float32, then scales by `weight` in the input dtype (Llama's order of casts)."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = _param((hidden_size,), "ones")
+        self.variance_epsilon = eps
+
+    def construct(self, hidden_states):
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.astype(ms.float32)
+        variance = mint.mean(hidden_states * hidden_states, -1, keepdim=True)
+        hidden_states = hidden_states * mint.rsqrt(variance + self.variance_epsilon)
+        return self.weight * hidden_states.astype(input_dtype)
+
+
+class RotaryEmbedding(nn.Cell):
+    """cos/sin tables for the given positions; `dynamic` scaling recomputes frequencies when positions grow."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.rope_type = rope_type_of(config)
+        inv_freq, self.attention_scaling = compute_inv_freq(config)
+        self.original_inv_freq = ms.Tensor(inv_freq)
+        self.inv_freq = self.original_inv_freq
+        self.original_max_seq_len = self.max_seq_len_cached = config.max_position_embeddings
+
+    def _dynamic_update(self, position_ids):
+        seq_len = int(position_ids.max()) + 1
+        if seq_len > self.max_seq_len_cached:
+            inv_freq, self.attention_scaling = compute_inv_freq(self.config, seq_len)
+            self.inv_freq, self.max_seq_len_cached = ms.Tensor(inv_freq), seq_len
+        if seq_len < self.original_max_seq_len < self.max_seq_len_cached:
+            self.inv_freq, self.max_seq_len_cached = self.original_inv_freq, self.original_max_seq_len
+
+    def construct(self, x, position_ids):
+        if self.rope_type == "dynamic":
+            self._dynamic_update(position_ids)
+        freqs = position_ids.astype(ms.float32).expand_dims(-1) * self.inv_freq.reshape(1, 1, -1)
+        emb = mint.cat([freqs, freqs], dim=-1)
+        cos = mint.cos(emb) * self.attention_scaling
+        sin = mint.sin(emb) * self.attention_scaling
+        return cos.astype(x.dtype), sin.astype(x.dtype)
+
+
+def rotate_half(x):
+    half = x.shape[-1] // 2
+    return mint.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+def apply_rotary_pos_emb(q, k, cos, sin):
+    """q, k: [batch, heads, seq, head_dim]; cos, sin: [batch, seq, head_dim]."""
+    cos, sin = cos.expand_dims(1), sin.expand_dims(1)
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+def repeat_kv(hidden_states, n_rep: int):
+    """[batch, kv_heads, seq, dim] -> [batch, kv_heads * n_rep, seq, dim] for grouped-query attention."""
+    if n_rep == 1:
+        return hidden_states
+    batch, kv_heads, seq, dim = hidden_states.shape
+    expanded = hidden_states.expand_dims(2).broadcast_to((batch, kv_heads, n_rep, seq, dim))
+    return expanded.reshape(batch, kv_heads * n_rep, seq, dim)
+
+
+def eager_attention(query, key, value, attention_mask, scaling: float):
+    """softmax(q k^T * scaling + mask) v with the softmax in float32; returns [batch, seq, heads, head_dim]."""
+    n_rep = query.shape[1] // key.shape[1]
+    key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
+    scores = mint.matmul(query, key.swapaxes(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    probs = mint.softmax(scores.astype(ms.float32), dim=-1).astype(query.dtype)
+    return mint.matmul(probs, value).swapaxes(1, 2)
+
+
+ATTENTION_FUNCTIONS = {"eager": eager_attention}
+
+
+def attention_function(config):
+    """The one place that maps `attn_implementation` to a kernel."""
+    name = getattr(config, "_attn_implementation", None) or "eager"
+    return ATTENTION_FUNCTIONS.get(name, eager_attention)
+
+
+class Attention(nn.Cell):
+    """Multi-head / grouped-query self-attention with rotary embeddings and a key/value cache."""
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        self.scaling = self.head_dim**-0.5
+        bias = getattr(config, "attention_bias", False)
+        std = config.initializer_range
+        self.q_proj = Linear(config.hidden_size, self.num_heads * self.head_dim, bias, std)
+        self.k_proj = Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias, std)
+        self.v_proj = Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias, std)
+        self.o_proj = Linear(self.num_heads * self.head_dim, config.hidden_size, bias, std)
+        self.attend = attention_function(config)
+
+    def _heads(self, x, num_heads):
+        batch, seq, _ = x.shape
+        return x.reshape(batch, seq, num_heads, self.head_dim).swapaxes(1, 2)
+
+    def construct(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None):
+        batch, seq, _ = hidden_states.shape
+        query = self._heads(self.q_proj(hidden_states), self.num_heads)
+        key = self._heads(self.k_proj(hidden_states), self.num_kv_heads)
+        value = self._heads(self.v_proj(hidden_states), self.num_kv_heads)
+        query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
+        if past_key_values is not None:
+            key, value = past_key_values.update(key, value, self.layer_idx)
+        output = self.attend(query, key, value, attention_mask, self.scaling)
+        return self.o_proj(output.reshape(batch, seq, -1))
+
+
+class GatedMLP(nn.Cell):
+    """down(act(gate(x)) * up(x))."""
+
+    def __init__(self, config):
+        super().__init__()
+        bias = getattr(config, "mlp_bias", False)
+        std = config.initializer_range
+        self.gate_proj = Linear(config.hidden_size, config.intermediate_size, bias, std)
+        self.up_proj = Linear(config.hidden_size, config.intermediate_size, bias, std)
+        self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias, std)
+        self.act_fn = get_activation(config.hidden_act)
+
+    def construct(self, x):
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))

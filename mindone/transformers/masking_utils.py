@@ -1,0 +1,30 @@
+"""Additive attention masks: 0 where a query may attend a key, the dtype's minimum where it may not."""
+
+from typing import Optional
+
+import mindspore as ms
+from mindspore import mint
+
+from .backend import arange
+
+_DTYPE_MIN = {ms.float32: -3.4028234663852886e38, ms.float16: -65504.0, ms.bfloat16: -3.3895313892515355e38}
+
+
+def dtype_min(dtype) -> float:
+    return _DTYPE_MIN[dtype]
+
+
+def causal_mask(
+    attention_mask: Optional[ms.Tensor], query_length: int, past_length: int, dtype
+) -> ms.Tensor:
+    """[batch or 1, 1, query_length, past_length + query_length] mask combining causality and padding.
+
+    `attention_mask` is the usual [batch, keys] 0/1 padding mask covering past and current tokens."""
+    key_length = past_length + query_length
+    query_positions = (arange(query_length) + past_length).reshape(query_length, 1)
+    allowed = (arange(key_length).reshape(1, key_length) <= query_positions).reshape(1, 1, query_length, key_length)
+    if attention_mask is not None:
+        padding = attention_mask[:, -key_length:].astype(ms.bool_).reshape(-1, 1, 1, key_length)
+        allowed = mint.logical_and(allowed, padding)
+    zero = ms.Tensor(0.0, dtype)
+    return mint.where(allowed, zero, ms.Tensor(dtype_min(dtype), dtype))

@@ -1,0 +1,323 @@
+"""PreTrainedModel: loading and saving Hugging Face checkpoints (safetensors, sharded, GGUF) for MindSpore cells.
+
+Nothing here knows an architecture by name; models declare `config_class`, `base_model_prefix` and
+`_tied_weights_keys` exactly as in transformers."""
+
+import json
+import logging
+import os
+from typing import Iterable, Optional
+
+import mindspore as ms
+import numpy as np
+from mindspore import nn
+from transformers import AutoConfig, GenerationConfig
+from transformers.utils.hub import cached_file, convert_file_size_to_int
+
+from . import backend
+from .layers import init_parameter, parameter_defaults
+from .safetensors_io import CheckpointError, iter_safetensors, write_safetensors
+
+logger = logging.getLogger(__name__)
+
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+PICKLE_WEIGHTS_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.bin", "model.ckpt")
+
+_DTYPES = {
+    "float32": ms.float32, "float": ms.float32, "fp32": ms.float32,
+    "float16": ms.float16, "half": ms.float16, "fp16": ms.float16,
+    "bfloat16": ms.bfloat16, "bf16": ms.bfloat16,
+}  # fmt: skip
+_DTYPE_NAMES = {ms.float32: "float32", ms.float16: "float16", ms.bfloat16: "bfloat16"}
+
+
+def resolve_dtype(dtype, config=None):
+    """`dtype` as an ms dtype, a name ("float16", "torch.bfloat16") or "auto" (the config's dtype)."""
+    if dtype is None:
+        return ms.float32
+    if isinstance(dtype, str) and dtype == "auto":
+        dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
+    if dtype in _DTYPE_NAMES:
+        return dtype
+    name = str(dtype).replace("torch.", "").replace("mindspore.", "").lower()
+    if name not in _DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported; use one of float32, float16, bfloat16 or 'auto'")
+    return _DTYPES[name]
+
+
+def _hub_file(path: str, filename: str, hub_kwargs: dict, required: bool = True) -> Optional[str]:
+    """Local directory or Hub repo id (resolved through huggingface_hub's cache, as transformers does)."""
+    try:
+        return cached_file(
+            path,
+            filename,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+            **hub_kwargs,
+        )
+    except (OSError, ValueError) as err:
+        if not required:
+            return None
+        reason = str(err).splitlines()[0]
+        raise OSError(
+            f"could not resolve '{path}' ({reason}); pass a local directory, or download the repo while online"
+        ) from None
+
+
+def _check_location(path: str, hub_kwargs: dict) -> None:
+    if os.path.isdir(path):
+        return
+    looks_local = os.path.isabs(path) or path.startswith(".") or path.count("/") > 1 or os.path.exists(path)
+    if looks_local or os.path.isfile(path):
+        raise OSError(f"model path '{path}' does not exist or is not a directory; pass a saved model directory")
+    if _hub_file(path, "config.json", hub_kwargs) is None:
+        raise OSError(
+            f"'{path}' is not a local directory and is not in the Hugging Face cache (offline or unknown repo); "
+            f"download it first (e.g. `huggingface-cli download {path}`) or pass a local path"
+        )
+
+
+def load_config(path: str, hub_kwargs: dict, **kwargs):
+    """transformers' AutoConfig for the checkpoint; returns (config, kwargs it did not consume)."""
+    config_file = _hub_file(path, "config.json", hub_kwargs)
+    if config_file is None:
+        raise OSError(f"'{path}' has no config.json; pass a directory written by save_pretrained (or gguf_file=...)")
+    try:
+        return AutoConfig.from_pretrained(path, return_unused_kwargs=True, **hub_kwargs, **kwargs)
+    except (KeyError, ValueError) as err:
+        with open(config_file) as f:
+            model_type = json.load(f).get("model_type")
+        from .models.auto import supported_model_types
+
+        raise ValueError(
+            f"model_type {model_type!r} in {config_file} is not supported; supported: {', '.join(supported_model_types())}"
+        ) from err
+
+
+def weight_files(path: str, hub_kwargs: dict) -> list[str]:
+    index_file = _hub_file(path, SAFE_WEIGHTS_INDEX_NAME, hub_kwargs)
+    if index_file is not None:
+        with open(index_file) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        files = [_hub_file(path, shard, hub_kwargs) for shard in shards]
+        missing = [shard for shard, file in zip(shards, files) if file is None]
+        if missing:
+            raise CheckpointError(f"'{path}' is missing shards listed in {SAFE_WEIGHTS_INDEX_NAME}: {missing}")
+        return files
+    single = _hub_file(path, SAFE_WEIGHTS_NAME, hub_kwargs)
+    if single is not None:
+        return [single]
+    pickles = [name for name in PICKLE_WEIGHTS_NAMES if _hub_file(path, name, hub_kwargs, required=False)]
+    if pickles:
+        raise CheckpointError(
+            f"'{path}' holds only pickled PyTorch weights ({pickles[0]}), which are never loaded; convert them to "
+            "safetensors with transformers: AutoModelForCausalLM.from_pretrained(path).save_pretrained(out_dir)"
+        )
+    raise CheckpointError(f"'{path}' has no {SAFE_WEIGHTS_NAME} or {SAFE_WEIGHTS_INDEX_NAME}; save the model with safetensors")
+
+
+class PreTrainedModel(nn.Cell):
+    config_class = None
+    base_model_prefix = ""
+    _no_split_modules: list = []
+    _tied_weights_keys: list = []
+
+    def __init__(self, config, *args, **kwargs):
+        super().__init__()
+        backend.prepare_runtime()
+        self.config = config
+        self.generation_config = GenerationConfig.from_model_config(config) if self.can_generate() else None
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        return hasattr(cls, "generate")
+
+    @property
+    def dtype(self):
+        return next(iter(self.get_parameters())).dtype
+
+    def num_parameters(self) -> int:
+        return sum(int(np.prod(p.shape)) for p in self.get_parameters())
+
+    def get_input_embeddings(self):
+        base = getattr(self, self.base_model_prefix, self)
+        return base.embed_tokens
+
+    def get_output_embeddings(self):
+        return getattr(self, "lm_head", None)
+
+    def _ties_embeddings(self) -> bool:
+        return bool(getattr(self.config.get_text_config(), "tie_word_embeddings", False))
+
+    def tie_weights(self) -> None:
+        output = self.get_output_embeddings()
+        if output is not None and self._ties_embeddings():
+            output.weight = self.get_input_embeddings().weight
+
+    def state_dict(self) -> dict:
+        """Parameter name -> Parameter, each shared (tied) parameter once, under its first name."""
+        return dict(self.parameters_and_names())
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path,
+        *model_args,
+        config=None,
+        cache_dir=None,
+        force_download: bool = False,
+        local_files_only: bool = False,
+        token=None,
+        revision: str = "main",
+        subfolder: str = "",
+        dtype=None,
+        mindspore_dtype=None,
+        gguf_file: Optional[str] = None,
+        output_loading_info: bool = False,
+        **kwargs,
+    ):
+        path = str(pretrained_model_name_or_path)
+        hub_kwargs = dict(
+            cache_dir=cache_dir,
+            force_download=force_download,
+            local_files_only=local_files_only,
+            token=token,
+            revision=revision,
+            subfolder=subfolder,
+        )
+        if dtype is not None and mindspore_dtype is not None and dtype != mindspore_dtype:
+            raise ValueError(f"dtype={dtype} and mindspore_dtype={mindspore_dtype} disagree; pass only one")
+        if gguf_file is not None:
+            from .integrations.gguf import open_gguf
+
+            checkpoint = open_gguf(path, gguf_file)
+            config = config or checkpoint.config
+            for key, value in kwargs.items():
+                setattr(config, key, value)
+            read_tensors, generation_config = checkpoint.tensors, checkpoint.generation_config
+        else:
+            _check_location(path, hub_kwargs)
+            if config is None:
+                config, kwargs = load_config(path, hub_kwargs, **kwargs)
+            files = weight_files(path, hub_kwargs)
+            read_tensors = lambda names: (item for file in files for item in iter_safetensors(file))  # noqa: E731
+            generation_config = None
+            if cls.can_generate() and _hub_file(path, "generation_config.json", hub_kwargs, required=False):
+                generation_config = GenerationConfig.from_pretrained(path, **hub_kwargs)
+        cls._check_model_type(config)
+        ms_dtype = resolve_dtype(dtype if dtype is not None else mindspore_dtype, config)
+        backend.check_dtype_supported(ms_dtype)
+        with parameter_defaults(ms_dtype, empty=True):
+            model = cls(config, *model_args)
+        info = model._load_tensors(read_tensors(list(model.state_dict())), path)
+        if generation_config is not None:
+            model.generation_config = generation_config
+        model.set_train(False)
+        return (model, info) if output_loading_info else model
+
+    @classmethod
+    def _check_model_type(cls, config) -> None:
+        expected = getattr(cls.config_class, "model_type", None)
+        if expected and config.model_type != expected:
+            raise ValueError(
+                f"{cls.__name__} expects model_type '{expected}' but the config says '{config.model_type}'; "
+                "use AutoModelForCausalLM to pick the class from the config"
+            )
+
+    def _checkpoint_name(self, name: str, params: dict) -> Optional[str]:
+        """Maps a checkpoint key onto this model's names (adds or strips the base-model prefix like HF)."""
+        prefix = self.base_model_prefix + "."
+        for candidate in (name, name[len(prefix):] if name.startswith(prefix) else None, prefix + name):
+            if candidate in params:
+                return candidate
+        return None
+
+    def _load_tensors(self, tensors: Iterable, path: str) -> dict:
+        params = self.state_dict()
+        tied = set(self._tied_weights_keys) if self._ties_embeddings() else set()
+        loaded, unexpected = set(), []
+        for name, array in tensors:
+            target = self._checkpoint_name(name, params)
+            if target is None:
+                if name not in tied:
+                    unexpected.append(name)
+                continue
+            param = params[target]
+            if tuple(array.shape) != tuple(param.shape):
+                raise CheckpointError(
+                    f"weight '{name}' in '{path}' has shape {tuple(array.shape)} but the model expects "
+                    f"{tuple(param.shape)}; the checkpoint does not match its config.json"
+                )
+            param.set_data(ms.Tensor(np.asarray(array), dtype=param.dtype))
+            loaded.add(target)
+        missing = [name for name in params if name not in loaded]
+        for name in missing:
+            init_parameter(params[name])
+        self._report_loading(path, missing, unexpected)
+        return {"missing_keys": missing, "unexpected_keys": unexpected, "mismatched_keys": [], "error_msgs": []}
+
+    def _report_loading(self, path: str, missing: list, unexpected: list) -> None:
+        cls = type(self).__name__
+        if unexpected:
+            logger.warning(
+                f"Some weights of the model checkpoint at {path} were not used when initializing {cls}: {unexpected}"
+            )
+        if missing:
+            logger.warning(
+                f"Some weights of {cls} were not initialized from the model checkpoint at {path} and are newly "
+                f"initialized: {missing}. You should probably TRAIN this model on a down-stream task."
+            )
+
+    # ------------------------------------------------------------------ saving
+    def save_pretrained(self, save_directory, max_shard_size="5GB", safe_serialization: bool = True, **kwargs):
+        if not safe_serialization:
+            raise ValueError("only safetensors checkpoints are written (pickles are never used): keep safe_serialization=True")
+        if os.path.isfile(save_directory):
+            raise OSError(f"save_directory '{save_directory}' is a file; pass a directory path")
+        os.makedirs(save_directory, exist_ok=True)
+        self.config.architectures = [type(self).__name__]
+        self.config.dtype = _DTYPE_NAMES[self.dtype]
+        self.config.save_pretrained(save_directory)
+        if self.generation_config is not None:
+            self.generation_config.save_pretrained(save_directory)
+        shards = _plan_shards(self.state_dict(), convert_file_size_to_int(max_shard_size))
+        _write_shards(save_directory, shards)
+
+
+def _plan_shards(params: dict, max_bytes: int) -> list[dict]:
+    shards, current, size = [], {}, 0
+    for name, param in params.items():
+        nbytes = int(np.prod(param.shape)) * param.itemsize
+        if current and size + nbytes > max_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = param
+        size += nbytes
+    return shards + [current]
+
+
+def _write_shards(directory: str, shards: list[dict]) -> None:
+    names = (
+        [SAFE_WEIGHTS_NAME]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
+    for stale in os.listdir(directory):
+        if stale.startswith("model") and stale.endswith(".safetensors") and stale not in names:
+            os.remove(os.path.join(directory, stale))
+    weight_map, total = {}, 0
+    for filename, shard in zip(names, shards):
+        bf16 = {name for name, param in shard.items() if param.dtype == ms.bfloat16}
+        arrays = {name: param.astype(ms.float32).asnumpy() if name in bf16 else param.asnumpy() for name, param in shard.items()}
+        write_safetensors(os.path.join(directory, filename), arrays, bf16)
+        weight_map.update(dict.fromkeys(shard, filename))
+        total += sum(int(np.prod(p.shape)) * p.itemsize for p in shard.values())
+    index_path = os.path.join(directory, SAFE_WEIGHTS_INDEX_NAME)
+    if len(shards) > 1:
+        with open(index_path + ".tmp", "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2, sort_keys=True)
+        os.replace(index_path + ".tmp", index_path)
+    elif os.path.exists(index_path):
+        os.remove(index_path)

@@ -1,0 +1,86 @@
+"""Reading and writing safetensors files as numpy arrays, including bfloat16 (which numpy lacks)."""
+
+import json
+import os
+import struct
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
+
+
+class CheckpointError(OSError):
+    """A checkpoint file is missing, unreadable or does not fit the model."""
+
+
+def _bf16_to_fp32(raw: np.ndarray) -> np.ndarray:
+    return (raw.astype(np.uint32) << 16).view(np.float32)
+
+
+def _fp32_to_bf16_bits(array: np.ndarray) -> np.ndarray:
+    bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32)
+    rounding = ((bits >> 16) & 1) + 0x7FFF  # round half to even
+    return ((bits + rounding) >> 16).astype(np.uint16)
+
+
+def _header(path: str) -> tuple[dict, int]:
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        return json.loads(f.read(length)), 8 + length
+
+
+def iter_safetensors(path: str):
+    """Yields (name, numpy array) one tensor at a time; bfloat16 tensors come back as float32."""
+    try:
+        with safe_open(path, framework="np") as f:
+            names = list(f.keys())
+            for name in names:
+                if f.get_slice(name).get_dtype() == "BF16":
+                    yield name, _read_bf16(path, name)
+                else:
+                    yield name, f.get_tensor(name)
+    except (SafetensorError, ValueError, struct.error, json.JSONDecodeError) as err:
+        raise CheckpointError(
+            f"'{path}' is not a readable safetensors file ({err}); re-download or re-save the checkpoint"
+        ) from None
+
+
+def _read_bf16(path: str, name: str) -> np.ndarray:
+    header, data_start = _header(path)
+    begin, end = header[name]["data_offsets"]
+    raw = np.fromfile(path, dtype=np.uint16, count=(end - begin) // 2, offset=data_start + begin)
+    return _bf16_to_fp32(raw).reshape(header[name]["shape"])
+
+
+def write_safetensors(path: str, tensors: dict, bf16_names=frozenset()) -> None:
+    """Writes atomically (temporary file, then rename). Names in `bf16_names` are stored as BF16."""
+    tmp = f"{path}.tmp"
+    if not bf16_names:
+        save_file(tensors, tmp, metadata={"format": "pt"})
+    else:
+        _write_with_bf16(tmp, tensors, bf16_names)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
+def _write_with_bf16(path: str, tensors: dict, bf16_names) -> None:
+    header, blobs, offset = {"__metadata__": {"format": "pt"}}, [], 0
+    for name, array in tensors.items():
+        if name in bf16_names:
+            data, dtype = _fp32_to_bf16_bits(array).tobytes(), "BF16"
+        else:
+            data, dtype = np.ascontiguousarray(array).tobytes(), _SAFETENSORS_DTYPE[array.dtype.str[1:]]
+        header[name] = {"dtype": dtype, "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)) + encoded)
+        for blob in blobs:
+            f.write(blob)
+
+
+_SAFETENSORS_DTYPE = {"f4": "F32", "f2": "F16", "f8": "F64", "i4": "I32", "i8": "I64", "u1": "U8", "i1": "I8", "b1": "BOOL"}
