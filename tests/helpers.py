@@ -1,0 +1,60 @@
+"""Builds tiny random checkpoints with transformers + PyTorch and runs both frameworks on the same inputs."""
+
+import numpy as np
+import torch
+import transformers
+
+import mindspore as ms
+
+TINY = dict(
+    vocab_size=99,
+    hidden_size=32,
+    intermediate_size=37,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    initializer_range=0.2,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
+
+
+def save_tiny_llama(directory, seed: int = 0, **overrides):
+    """A random Llama written by transformers (safetensors); returns the torch model, in eval mode."""
+    config = transformers.LlamaConfig(**{**TINY, **overrides})
+    torch.manual_seed(seed)
+    model = transformers.LlamaForCausalLM(config).eval()
+    model.save_pretrained(directory)
+    return model
+
+
+def random_ids(batch: int, length: int, vocab: int = 99, seed: int = 0, low: int = 3) -> np.ndarray:
+    return np.random.default_rng(seed).integers(low, vocab, size=(batch, length)).astype(np.int64)
+
+
+def left_padded(lengths, total: int, pad: int = 0, vocab: int = 99, seed: int = 0):
+    """(ids, mask) for rows of the given lengths, left padded to `total`."""
+    ids = random_ids(len(lengths), total, vocab, seed)
+    mask = np.zeros_like(ids)
+    for row, length in enumerate(lengths):
+        ids[row, : total - length] = pad
+        mask[row, total - length :] = 1
+    return ids, mask
+
+
+def torch_logits(model, ids, mask=None) -> np.ndarray:
+    with torch.no_grad():
+        kwargs = {"attention_mask": torch.tensor(mask)} if mask is not None else {}
+        return model(torch.tensor(ids), **kwargs).logits.float().numpy()
+
+
+def torch_generate(model, ids, mask=None, **kwargs) -> list:
+    with torch.no_grad():
+        extra = {"attention_mask": torch.tensor(mask)} if mask is not None else {}
+        return model.generate(torch.tensor(ids), **extra, **kwargs).numpy().tolist()
+
+
+def ms_tensor(array) -> ms.Tensor:
+    return ms.Tensor(np.asarray(array), ms.int64 if np.asarray(array).dtype == np.int64 else ms.int32)
