@@ -32,7 +32,10 @@ def linear(x: ms.Tensor, weight: ms.Tensor, bias=None) -> ms.Tensor:
     """x @ weight.T (+ bias) with the weight kept in Hugging Face's (out, in) layout.
 
     A 2-D MatMul with transpose_b is 40x faster on CPU PyNative than mint.nn.functional.linear."""
-    out = _matmul_nt(x.reshape(-1, x.shape[-1]), weight).reshape(*x.shape[:-1], weight.shape[0])
+    if x.ndim == 2:
+        out = _matmul_nt(x, weight)
+    else:
+        out = _matmul_nt(x.reshape(-1, x.shape[-1]), weight).reshape(*x.shape[:-1], weight.shape[0])
     return out if bias is None else out + bias
 
 

@@ -52,6 +52,11 @@ def init_parameter(param: Parameter) -> None:
     param.set_data(initializer(param.hf_init, param.shape, param.dtype).init_data())
 
 
+def _cast(x, dtype):
+    """astype that costs no kernel launch when the dtype already matches (most casts in fp32 runs)."""
+    return x if x.dtype == dtype else x.astype(dtype)
+
+
 class Linear(nn.Cell):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, std: float = 0.02):
         super().__init__()
@@ -81,10 +86,10 @@ class RMSNorm(nn.Cell):
 
     def construct(self, hidden_states):
         input_dtype = hidden_states.dtype
-        hidden_states = hidden_states.astype(ms.float32)
+        hidden_states = _cast(hidden_states, ms.float32)
         variance = mint.mean(hidden_states * hidden_states, -1, keepdim=True)
         hidden_states = hidden_states * mint.rsqrt(variance + self.variance_epsilon)
-        return self.weight * hidden_states.astype(input_dtype)
+        return self.weight * _cast(hidden_states, input_dtype)
 
 
 class RotaryEmbedding(nn.Cell):
@@ -114,7 +119,7 @@ class RotaryEmbedding(nn.Cell):
         emb = mint.cat([freqs, freqs], dim=-1)
         cos = mint.cos(emb) * self.attention_scaling
         sin = mint.sin(emb) * self.attention_scaling
-        return cos.astype(x.dtype), sin.astype(x.dtype)
+        return _cast(cos, x.dtype), _cast(sin, x.dtype)
 
 
 def rotate_half(x):
@@ -128,24 +133,21 @@ def apply_rotary_pos_emb(q, k, cos, sin):
     return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 
 
-def repeat_kv(hidden_states, n_rep: int):
-    """[batch, kv_heads, seq, dim] -> [batch, kv_heads * n_rep, seq, dim] for grouped-query attention."""
-    if n_rep == 1:
-        return hidden_states
-    batch, kv_heads, seq, dim = hidden_states.shape
-    expanded = hidden_states.expand_dims(2).broadcast_to((batch, kv_heads, n_rep, seq, dim))
-    return expanded.reshape(batch, kv_heads * n_rep, seq, dim)
-
-
 def eager_attention(query, key, value, attention_mask, scaling: float):
-    """softmax(q k^T * scaling + mask) v with the softmax in float32; returns [batch, seq, heads, head_dim]."""
-    n_rep = query.shape[1] // key.shape[1]
-    key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
-    scores = mint.matmul(query, key.swapaxes(2, 3)) * scaling
+    """softmax(q k^T * scaling + mask) v with the softmax in float32; returns [batch, seq, heads, head_dim].
+
+    Grouped-query attention folds the query heads that share a key/value head into the sequence axis instead of
+    copying the cache for each of them (query head h reads key/value head h // group, as in HF's repeat_kv)."""
+    batch, heads, seq, head_dim = query.shape
+    kv_heads, kv_len = key.shape[1], key.shape[2]
+    group = heads // kv_heads
+    grouped = query.reshape(batch, kv_heads, group * seq, head_dim)
+    scores = mint.matmul(grouped, key.swapaxes(2, 3)) * scaling
     if attention_mask is not None:
-        scores = scores + attention_mask
-    probs = mint.softmax(scores.astype(ms.float32), dim=-1).astype(query.dtype)
-    return mint.matmul(probs, value).swapaxes(1, 2)
+        scores = scores.reshape(batch, kv_heads, group, seq, kv_len) + attention_mask.expand_dims(2)
+    probs = mint.softmax(_cast(scores.reshape(batch, kv_heads, group * seq, kv_len), ms.float32), dim=-1)
+    output = mint.matmul(_cast(probs, query.dtype), value)
+    return output.reshape(batch, heads, seq, head_dim).swapaxes(1, 2)
 
 
 ATTENTION_FUNCTIONS = {"eager": eager_attention}
