@@ -17,6 +17,7 @@ setup(
         "gguf==0.19.0",
         "tqdm==4.70.1",
         "huggingface_hub==0.36.2",
+        "jinja2==3.1.6",
     ],
     entry_points={"console_scripts": ["mindone-convert-gguf=mindone.transformers.convert_gguf:main"]},
 )
