@@ -1,6 +1,7 @@
 """Stopping criteria: callables `(input_ids, scores) -> [batch] bool tensor`, True where a row is done."""
 
-from typing import Union
+import time
+from typing import Optional, Union
 
 import mindspore as ms
 import numpy as np
@@ -12,14 +13,26 @@ class StoppingCriteria:
         raise NotImplementedError(f"{type(self).__name__} must implement __call__(input_ids, scores)")
 
 
+def _all_rows(input_ids, done: bool) -> ms.Tensor:
+    return ms.Tensor(np.full((input_ids.shape[0],), done))
+
+
 class MaxLengthCriteria(StoppingCriteria):
-    def __init__(self, max_length: int, max_position_embeddings=None):
+    def __init__(self, max_length: int, max_position_embeddings: Optional[int] = None):
         self.max_length = max_length
         self.max_position_embeddings = max_position_embeddings
 
     def __call__(self, input_ids, scores, **kwargs):
-        done = input_ids.shape[-1] >= self.max_length
-        return ms.Tensor(np.full((input_ids.shape[0],), done))
+        return _all_rows(input_ids, input_ids.shape[-1] >= self.max_length)
+
+
+class MaxTimeCriteria(StoppingCriteria):
+    def __init__(self, max_time: float, initial_timestamp: Optional[float] = None):
+        self.max_time = max_time
+        self.initial_timestamp = time.time() if initial_timestamp is None else initial_timestamp
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return _all_rows(input_ids, time.time() - self.initial_timestamp > self.max_time)
 
 
 class EosTokenCriteria(StoppingCriteria):
@@ -28,8 +41,43 @@ class EosTokenCriteria(StoppingCriteria):
         self.eos_token_id = ms.Tensor(np.atleast_1d(np.asarray(ids, dtype=np.int64)).reshape(1, -1))
 
     def __call__(self, input_ids, scores, **kwargs):
-        last = input_ids[:, -1:].astype(ms.int64)
-        return (last == self.eos_token_id).any(axis=-1)
+        return (input_ids[:, -1:].astype(ms.int64) == self.eos_token_id).any(axis=-1)
+
+
+class StopStringCriteria(StoppingCriteria):
+    """Stops a row when a stop string occurs in its decoded text and ends inside the final token.
+
+    Same rule as transformers: the string may span several tokens and the final token may run past its end
+    (["st", "opera"] matches "stop"), but a stop string that ended in an earlier token does not match.
+    Token texts are taken in context, the way the tokenizer would decode them."""
+
+    _CONTEXT = "abcdef"
+
+    def __init__(self, tokenizer, stop_strings: Union[str, list]):
+        self.stop_strings = [stop_strings] if isinstance(stop_strings, str) else list(stop_strings)
+        if not self.stop_strings or any(not isinstance(s, str) or not s for s in self.stop_strings):
+            raise ValueError(f"`stop_strings` must be a non-empty string or list of non-empty strings, got {stop_strings}")
+        self.tokenizer = tokenizer
+        self._context_tokens = tokenizer.convert_ids_to_tokens(tokenizer(self._CONTEXT, add_special_tokens=False)["input_ids"])
+        self._texts = {}
+        self._window = max(len(s) for s in self.stop_strings) + 1
+
+    def _token_text(self, token_id: int) -> str:
+        if token_id not in self._texts:
+            token = self.tokenizer.convert_ids_to_tokens(token_id)
+            text = self.tokenizer.convert_tokens_to_string(self._context_tokens + [token]) if token is not None else ""
+            self._texts[token_id] = text[text.index(self._CONTEXT) + len(self._CONTEXT) :] if self._CONTEXT in text else ""
+        return self._texts[token_id]
+
+    def _row_matches(self, ids) -> bool:
+        texts = [self._token_text(int(t)) for t in ids]
+        tail = "".join(texts)
+        final_start = len(tail) - len(texts[-1])
+        return any(tail.find(s, max(0, final_start - len(s) + 1)) != -1 for s in self.stop_strings)
+
+    def __call__(self, input_ids, scores, **kwargs):
+        recent = input_ids[:, -self._window :].asnumpy()
+        return ms.Tensor(np.array([self._row_matches(row) for row in recent]))
 
 
 class StoppingCriteriaList(list):
@@ -40,7 +88,7 @@ class StoppingCriteriaList(list):
         return done
 
     @property
-    def max_length(self):
+    def max_length(self) -> Optional[int]:
         for criteria in self:
             if isinstance(criteria, MaxLengthCriteria):
                 return criteria.max_length

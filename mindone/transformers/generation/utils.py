@@ -1,24 +1,58 @@
 """GenerationMixin.generate: Hugging Face's generate() API over MindSpore tensors.
 
 Preparation (config merge, special tokens, attention mask, lengths, processors, stopping criteria) follows
-transformers 4.57 step by step so warnings and errors match; decoding is one compact loop per strategy family."""
+transformers 4.57 step by step so warnings and errors match; decoding is one compact loop per strategy family:
+`_sample` (greedy and multinomial), `_beam_search` (beam search and beam sampling) and `_assisted_decoding`
+(prompt lookup and draft models, in candidate_generator.py)."""
 
 import copy
 import logging
 import warnings
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 import mindspore as ms
 import numpy as np
-from mindspore import mint
+from mindspore import mint, ops
+from transformers.generation.configuration_utils import GenerationMode
+from transformers.utils import ModelOutput
 
 from .. import backend
 from ..cache_utils import Cache, DynamicCache
+from . import logits_process as lp
+from .candidate_generator import get_candidate_generator, speculative_sampling
 from .configuration_utils import GenerationConfig
-from .logits_process import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
-from .stopping_criteria import EosTokenCriteria, MaxLengthCriteria, StoppingCriteriaList
+from .stopping_criteria import (
+    EosTokenCriteria,
+    MaxLengthCriteria,
+    MaxTimeCriteria,
+    StoppingCriteriaList,
+    StopStringCriteria,
+)
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerateDecoderOnlyOutput(ModelOutput):
+    sequences: Any = None
+    scores: Optional[tuple] = None
+    logits: Optional[tuple] = None
+    attentions: Optional[tuple] = None
+    hidden_states: Optional[tuple] = None
+    past_key_values: Optional[Any] = None
+
+
+@dataclass
+class GenerateBeamDecoderOnlyOutput(ModelOutput):
+    sequences: Any = None
+    sequences_scores: Any = None
+    scores: Optional[tuple] = None
+    logits: Optional[tuple] = None
+    beam_indices: Any = None
+    attentions: Optional[tuple] = None
+    hidden_states: Optional[tuple] = None
+    past_key_values: Optional[Any] = None
 
 
 def _as_id_tensor(ids) -> ms.Tensor:
@@ -36,6 +70,17 @@ def _id_list(value) -> Optional[list]:
     if isinstance(value, ms.Tensor):
         value = value.asnumpy().tolist()
     return [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+
+
+def _repeat_rows(tensor: ms.Tensor, times: int) -> ms.Tensor:
+    """Each row repeated `times` times in place (row 0, row 0, row 1, row 1, ...), like repeat_interleave."""
+    if times == 1:
+        return tensor
+    index = ms.Tensor(np.repeat(np.arange(tensor.shape[0]), times).astype(np.int32))
+    return ops.gather(tensor, index, 0)
+
+
+_MODEL_KWARGS = {"attention_mask", "past_key_values", "use_cache"}
 
 
 class GenerationMixin:
@@ -62,6 +107,15 @@ class GenerationMixin:
             default = getattr(defaults, key, None)
             if getattr(generation_config, key, None) == default and model_value != default:
                 setattr(generation_config, key, model_value)
+
+    @staticmethod
+    def _validate_model_kwargs(model_kwargs: dict) -> None:
+        unused = [key for key, value in model_kwargs.items() if value is not None and key not in _MODEL_KWARGS]
+        if unused:
+            raise ValueError(
+                f"The following `model_kwargs` are not used by the model: {unused} (note: typos in the"
+                " generate arguments will also show up in this list)"
+            )
 
     def _prepare_special_tokens(self, generation_config: GenerationConfig, has_attention_mask: bool) -> None:
         eos = _id_list(generation_config.eos_token_id)
@@ -96,6 +150,15 @@ class GenerationMixin:
             return ones
         return (input_ids != pad).astype(ms.int32)
 
+    @staticmethod
+    def _warn_right_padding(input_ids: ms.Tensor, generation_config) -> None:
+        pad = generation_config._pad_token_id
+        if pad is not None and input_ids.shape[0] > 1 and bool((input_ids[:, -1] == pad).any()):
+            logger.warning(
+                "A decoder-only architecture is being used, but right-padding was detected! For correct "
+                "generation results, please set `padding_side='left'` when initializing the tokenizer."
+            )
+
     def _prepare_generated_length(self, generation_config, has_default_max_length: bool, input_length: int) -> None:
         if generation_config.max_new_tokens is not None:
             if not has_default_max_length and generation_config.max_length is not None:
@@ -129,24 +192,92 @@ class GenerationMixin:
                 f" {generation_config.max_length}. This can lead to unexpected behavior. You should consider"
                 " increasing `max_length` or, better yet, setting `max_new_tokens`."
             )
+        suffix = (
+            " Generation will stop at the defined maximum length. You should decrease the minimum length and/or "
+            "increase the maximum length."
+        )
+        if generation_config.min_length is not None and generation_config.min_length > generation_config.max_length:
+            warnings.warn(
+                f"Unfeasible length constraints: `min_length` ({generation_config.min_length}) is larger than"
+                f" the maximum possible length ({generation_config.max_length})." + suffix,
+                UserWarning,
+            )
 
-    def _get_logits_processor(self, generation_config, custom: Optional[LogitsProcessorList]) -> LogitsProcessorList:
-        processors = LogitsProcessorList()
-        if generation_config.do_sample:
-            min_keep = 2 if generation_config.num_beams > 1 else 1
-            if generation_config.temperature is not None and generation_config.temperature != 1.0:
-                processors.append(TemperatureLogitsWarper(generation_config.temperature))
-            if generation_config.top_k is not None and generation_config.top_k != 0:
-                processors.append(TopKLogitsWarper(generation_config.top_k, min_tokens_to_keep=min_keep))
-            if generation_config.top_p is not None and generation_config.top_p < 1.0:
-                processors.append(TopPLogitsWarper(generation_config.top_p, min_tokens_to_keep=min_keep))
-        return _merge_custom(processors, custom, "logits processor")
+    def _get_logits_processor(
+        self, generation_config, input_length: int, prefix_allowed_tokens_fn, custom
+    ) -> lp.LogitsProcessorList:
+        """Processors in transformers' order; custom ones merged before the sampling warpers, as HF does."""
+        gc, eos = generation_config, generation_config._eos_token_list
+        processors = lp.LogitsProcessorList()
+        if gc.sequence_bias is not None:
+            processors.append(lp.SequenceBiasLogitsProcessor(gc.sequence_bias))
+        if gc.repetition_penalty is not None and gc.repetition_penalty != 1.0:
+            processors.append(lp.RepetitionPenaltyLogitsProcessor(gc.repetition_penalty))
+        if gc.no_repeat_ngram_size is not None and gc.no_repeat_ngram_size > 0:
+            processors.append(lp.NoRepeatNGramLogitsProcessor(gc.no_repeat_ngram_size))
+        if gc.bad_words_ids is not None:
+            processors.append(lp.NoBadWordsLogitsProcessor(gc.bad_words_ids, eos))
+        if gc.min_length is not None and eos is not None and gc.min_length > 0:
+            processors.append(lp.MinLengthLogitsProcessor(gc.min_length, eos))
+        if gc.min_new_tokens is not None and eos is not None and gc.min_new_tokens > 0:
+            processors.append(lp.MinNewTokensLengthLogitsProcessor(input_length, gc.min_new_tokens, eos))
+        if prefix_allowed_tokens_fn is not None:
+            processors.append(lp.PrefixConstrainedLogitsProcessor(prefix_allowed_tokens_fn, gc.num_beams))
+        if gc.forced_bos_token_id is not None:
+            processors.append(lp.ForcedBOSTokenLogitsProcessor(gc.forced_bos_token_id))
+        if gc.forced_eos_token_id is not None:
+            processors.append(lp.ForcedEOSTokenLogitsProcessor(gc.max_length, gc.forced_eos_token_id))
+        if gc.remove_invalid_values is True:
+            processors.append(lp.InfNanRemoveLogitsProcessor())
+        if gc.exponential_decay_length_penalty is not None:
+            processors.append(lp.ExponentialDecayLengthPenalty(gc.exponential_decay_length_penalty, eos, input_length))
+        if gc.suppress_tokens is not None:
+            processors.append(lp.SuppressTokensLogitsProcessor(gc.suppress_tokens))
+        if gc.begin_suppress_tokens is not None:
+            begin = input_length if (input_length > 1 or gc.forced_bos_token_id is None) else input_length + 1
+            processors.append(lp.SuppressTokensAtBeginLogitsProcessor(gc.begin_suppress_tokens, begin))
+        processors = _merge_custom(processors, custom, "logits processor")
+        if gc.do_sample:
+            processors.extend(self._sampling_warpers(gc))
+        if gc.renormalize_logits is True:
+            processors.append(lp.LogitNormalization())
+        return processors
 
-    def _get_stopping_criteria(self, generation_config, custom: Optional[StoppingCriteriaList]) -> StoppingCriteriaList:
+    @staticmethod
+    def _sampling_warpers(gc) -> list:
+        keep = (len(gc._eos_token_list or []) + 1 if gc._eos_token_list else 2) if gc.num_beams > 1 else 1
+        warpers = []
+        if gc.temperature is not None and gc.temperature != 1.0:
+            warpers.append(lp.TemperatureLogitsWarper(gc.temperature))
+        if gc.top_k is not None and gc.top_k != 0:
+            warpers.append(lp.TopKLogitsWarper(gc.top_k, min_tokens_to_keep=keep))
+        if gc.top_p is not None and gc.top_p < 1.0:
+            warpers.append(lp.TopPLogitsWarper(gc.top_p, min_tokens_to_keep=keep))
+        if gc.min_p is not None:
+            warpers.append(lp.MinPLogitsWarper(gc.min_p, min_tokens_to_keep=keep))
+        if gc.typical_p is not None and gc.typical_p < 1.0:
+            warpers.append(lp.TypicalLogitsWarper(gc.typical_p, min_tokens_to_keep=keep))
+        if gc.epsilon_cutoff is not None and 0.0 < gc.epsilon_cutoff < 1.0:
+            warpers.append(lp.EpsilonLogitsWarper(gc.epsilon_cutoff, min_tokens_to_keep=keep))
+        if gc.eta_cutoff is not None and 0.0 < gc.eta_cutoff < 1.0:
+            warpers.append(lp.EtaLogitsWarper(gc.eta_cutoff, min_tokens_to_keep=keep))
+        return warpers
+
+    def _get_stopping_criteria(self, generation_config, custom, tokenizer=None) -> StoppingCriteriaList:
         criteria = StoppingCriteriaList()
         if generation_config.max_length is not None:
             max_positions = getattr(self.config, "max_position_embeddings", None)
             criteria.append(MaxLengthCriteria(generation_config.max_length, max_positions))
+        if generation_config.max_time is not None:
+            criteria.append(MaxTimeCriteria(generation_config.max_time))
+        if generation_config.stop_strings is not None:
+            if tokenizer is None:
+                raise ValueError(
+                    "There are one or more stop strings, either in the arguments to `generate` or in the "
+                    "model's generation config, but we could not locate a tokenizer. When generating with "
+                    "stop strings, you must pass the model's tokenizer to the `tokenizer` argument of `generate`."
+                )
+            criteria.append(StopStringCriteria(tokenizer, generation_config.stop_strings))
         if generation_config._eos_token_list is not None:
             criteria.append(EosTokenCriteria(generation_config._eos_token_list))
         return _merge_custom(criteria, custom, "stopping criteria")
@@ -156,12 +287,17 @@ class GenerationMixin:
         self,
         inputs=None,
         generation_config: Optional[GenerationConfig] = None,
-        logits_processor: Optional[LogitsProcessorList] = None,
+        logits_processor: Optional[lp.LogitsProcessorList] = None,
         stopping_criteria: Optional[StoppingCriteriaList] = None,
+        prefix_allowed_tokens_fn: Optional[Callable] = None,
+        assistant_model=None,
         streamer=None,
         use_model_defaults: Optional[bool] = None,
         **kwargs,
-    ) -> ms.Tensor:
+    ):
+        tokenizer = kwargs.pop("tokenizer", None)
+        if kwargs.pop("assistant_tokenizer", None) is not None:
+            raise NotImplementedError("assistant models with a different tokenizer (assistant_tokenizer) are not supported")
         generation_config, model_kwargs = self._prepare_generation_config(generation_config, use_model_defaults, **kwargs)
         input_ids = inputs if inputs is not None else model_kwargs.pop("input_ids", None)
         if input_ids is None:
@@ -169,6 +305,7 @@ class GenerationMixin:
         input_ids = _as_id_tensor(input_ids)
         if input_ids.ndim != 2 or input_ids.shape[1] == 0:
             raise ValueError(f"input_ids must be a non-empty [batch, length] tensor, got shape {tuple(input_ids.shape)}")
+        self._validate_model_kwargs(model_kwargs)
         attention_mask = model_kwargs.pop("attention_mask", None)
         self._prepare_special_tokens(generation_config, attention_mask is not None)
         self._warn_right_padding(input_ids, generation_config)
@@ -176,51 +313,79 @@ class GenerationMixin:
             attention_mask = self._attention_mask_from_inputs(input_ids, generation_config)
         attention_mask = _as_id_tensor(attention_mask).astype(ms.int32)
 
+        mode = generation_config.get_generation_mode(assistant_model)
+        if streamer is not None and generation_config.num_beams > 1:
+            raise ValueError("`streamer` cannot be used with beam search (yet!). Make sure that `num_beams` is set to 1.")
+        input_length = input_ids.shape[1]
         has_default_max_length = kwargs.get("max_length") is None and generation_config.max_length is not None
-        self._prepare_generated_length(generation_config, has_default_max_length, input_ids.shape[1])
-        self._validate_generated_length(generation_config, input_ids.shape[1], has_default_max_length)
-        if generation_config.num_beams != 1:
-            raise NotImplementedError("num_beams > 1 (beam search) is not available yet; use num_beams=1")
+        self._prepare_generated_length(generation_config, has_default_max_length, input_length)
+        self._validate_generated_length(generation_config, input_length, has_default_max_length)
 
-        return self._sample(
-            input_ids,
-            attention_mask,
-            self._get_logits_processor(generation_config, logits_processor),
-            self._get_stopping_criteria(generation_config, stopping_criteria),
-            generation_config,
-            streamer,
-            past_key_values=model_kwargs.pop("past_key_values", None),
-        )
-
-    @staticmethod
-    def _warn_right_padding(input_ids: ms.Tensor, generation_config) -> None:
-        pad = generation_config._pad_token_id
-        if pad is not None and input_ids.shape[0] > 1 and bool((input_ids[:, -1] == pad).any()):
-            logger.warning(
-                "A decoder-only architecture is being used, but right-padding was detected! For correct "
-                "generation results, please set `padding_side='left'` when initializing the tokenizer."
-            )
-
-    # ------------------------------------------------------------------ decoding
-    def _sample(self, input_ids, attention_mask, logits_processor, stopping_criteria, generation_config, streamer,
-                past_key_values: Optional[Cache] = None) -> ms.Tensor:  # fmt: skip
-        """Greedy decoding and multinomial sampling: one token per step for every row until all rows stop."""
-        use_cache = generation_config.use_cache
-        cache = (past_key_values if past_key_values is not None else DynamicCache()) if use_cache else None
-        pad = generation_config._pad_token_id
-        unfinished = mint.ones((input_ids.shape[0],), dtype=input_ids.dtype)
+        processors = self._get_logits_processor(generation_config, input_length, prefix_allowed_tokens_fn, logits_processor)
+        criteria = self._get_stopping_criteria(generation_config, stopping_criteria, tokenizer)
+        cache = model_kwargs.get("past_key_values")
         if streamer is not None:
             streamer.put(input_ids)
+
+        if mode in (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE):
+            times = generation_config.num_return_sequences
+            return self._sample(_repeat_rows(input_ids, times), _repeat_rows(attention_mask, times), processors, criteria,
+                                generation_config, streamer, cache)  # fmt: skip
+        if mode in (GenerationMode.BEAM_SEARCH, GenerationMode.BEAM_SAMPLE):
+            times = generation_config.num_beams
+            return self._beam_search(_repeat_rows(input_ids, times), _repeat_rows(attention_mask, times), processors,
+                                     criteria, generation_config, cache)  # fmt: skip
+        if mode == GenerationMode.ASSISTED_GENERATION:
+            return self._assisted_decoding(input_ids, attention_mask, processors, criteria, generation_config,
+                                           streamer, assistant_model)  # fmt: skip
+        raise NotImplementedError(
+            f"generation mode {mode.value!r} is not supported; use greedy, sampling, beam search or assisted decoding"
+        )
+
+    # ------------------------------------------------------------------ model calls
+    def _forward_logits(self, input_ids, attention_mask, cache: Optional[Cache], logits_to_keep: int = 1) -> ms.Tensor:
+        """Runs the model on the tokens the cache has not seen; float32 logits of the last `logits_to_keep`."""
+        position_ids = backend.cumsum(attention_mask, -1) - 1
+        position_ids = mint.where(attention_mask == 0, ms.Tensor(1, position_ids.dtype), position_ids)
+        seen = cache.get_seq_length() if cache is not None else 0
+        outputs = self(
+            input_ids=input_ids[:, seen:],
+            attention_mask=attention_mask,
+            position_ids=position_ids[:, seen:],
+            past_key_values=cache,
+            use_cache=cache is not None,
+            logits_to_keep=logits_to_keep,
+        )
+        return outputs.logits.astype(ms.float32)
+
+    @staticmethod
+    def _new_cache(generation_config, cache: Optional[Cache]) -> Optional[Cache]:
+        if not generation_config.use_cache:
+            return None
+        return cache if cache is not None else DynamicCache()
+
+    # ------------------------------------------------------------------ greedy / sampling
+    def _sample(self, input_ids, attention_mask, logits_processor, stopping_criteria, generation_config, streamer,
+                cache: Optional[Cache] = None):  # fmt: skip
+        """Greedy decoding and multinomial sampling: one token per step for every row until all rows stop."""
+        gc = generation_config
+        cache = self._new_cache(gc, cache)
+        record_scores = gc.return_dict_in_generate and gc.output_scores
+        record_logits = gc.return_dict_in_generate and gc.output_logits
+        all_scores, all_logits = [], []
+        unfinished = mint.ones((input_ids.shape[0],), dtype=input_ids.dtype)
         while True:
-            logits = self._next_token_logits(input_ids, attention_mask, cache)
+            logits = self._forward_logits(input_ids, attention_mask, cache)[:, -1, :]
             scores = logits_processor(input_ids, logits)
-            if generation_config.do_sample:
+            all_scores += [scores] if record_scores else []
+            all_logits += [logits] if record_logits else []
+            if gc.do_sample:
                 next_tokens = backend.multinomial(mint.softmax(scores, dim=-1))
             else:
                 next_tokens = backend.argmax(scores)
             next_tokens = next_tokens.astype(input_ids.dtype)
-            if generation_config._eos_token_list is not None:
-                next_tokens = next_tokens * unfinished + pad * (1 - unfinished)
+            if gc._eos_token_list is not None:
+                next_tokens = next_tokens * unfinished + gc._pad_token_id * (1 - unfinished)
             input_ids = mint.cat([input_ids, next_tokens.expand_dims(1)], dim=-1)
             attention_mask = mint.cat([attention_mask, mint.ones((attention_mask.shape[0], 1), dtype=ms.int32)], dim=-1)
             if streamer is not None:
@@ -231,22 +396,229 @@ class GenerationMixin:
                 break
         if streamer is not None:
             streamer.end()
-        return input_ids
-
-    def _next_token_logits(self, input_ids, attention_mask, cache: Optional[Cache]) -> ms.Tensor:
-        """Runs the model on the tokens the cache has not seen; float32 logits of the last position."""
-        position_ids = backend.cumsum(attention_mask, -1) - 1
-        position_ids = mint.where(attention_mask == 0, ms.Tensor(1, position_ids.dtype), position_ids)
-        seen = cache.get_seq_length() if cache is not None else 0
-        outputs = self(
-            input_ids=input_ids[:, seen:],
-            attention_mask=attention_mask,
-            position_ids=position_ids[:, seen:],
+        if not gc.return_dict_in_generate:
+            return input_ids
+        return GenerateDecoderOnlyOutput(
+            sequences=input_ids,
+            scores=tuple(all_scores) if record_scores else None,
+            logits=tuple(all_logits) if record_logits else None,
             past_key_values=cache,
-            use_cache=cache is not None,
-            logits_to_keep=1,
         )
-        return outputs.logits[:, -1, :].astype(ms.float32)
+
+    # ------------------------------------------------------------------ beam search
+    def _beam_search(self, input_ids, attention_mask, logits_processor, stopping_criteria, generation_config,
+                     cache: Optional[Cache] = None):  # fmt: skip
+        """Beam search and beam sampling, step for step the algorithm of transformers 4.57 (vectorised over the
+        batch): keep the best `num_beams` running hypotheses and the best `num_beams` finished ones per row.
+
+        The model runs on device; the small [batch, beams] bookkeeping runs in numpy."""
+        search = _BeamSearchState(generation_config, input_ids, self.config.get_text_config().vocab_size)
+        cache = self._new_cache(generation_config, cache)
+        record_scores = generation_config.return_dict_in_generate and generation_config.output_scores
+        record_logits = generation_config.return_dict_in_generate and generation_config.output_logits
+        all_scores, all_logits = [], []
+        while True:
+            running = ms.Tensor(search.flat_running(), input_ids.dtype)
+            logits = self._forward_logits(running, attention_mask, cache)[:, -1, :]
+            log_probs = logits_processor(running, ops.log_softmax(logits, -1))
+            all_scores += [log_probs] if record_scores else []
+            all_logits += [logits] if record_logits else []
+            candidates = search.top_candidates(log_probs, generation_config.do_sample)
+            hits = stopping_criteria(ms.Tensor(candidates, input_ids.dtype), tuple(all_scores) or None)
+            beam_idx = search.advance(hits.asnumpy())
+            if cache is not None:
+                cache.reorder_cache(ms.Tensor(beam_idx))
+            attention_mask = mint.cat([attention_mask, mint.ones((attention_mask.shape[0], 1), dtype=ms.int32)], dim=-1)
+            if search.done():
+                break
+        sequences, sequences_scores, beam_indices = search.result(generation_config.num_return_sequences)
+        sequences = ms.Tensor(sequences, input_ids.dtype)
+        if not generation_config.return_dict_in_generate:
+            return sequences
+        return GenerateBeamDecoderOnlyOutput(
+            sequences=sequences,
+            sequences_scores=ms.Tensor(sequences_scores) if generation_config.output_scores else None,
+            scores=tuple(all_scores) if record_scores else None,
+            logits=tuple(all_logits) if record_logits else None,
+            beam_indices=ms.Tensor(beam_indices),
+            past_key_values=cache,
+        )
+
+    # ------------------------------------------------------------------ assisted decoding
+    def _assisted_decoding(self, input_ids, attention_mask, logits_processor, stopping_criteria, generation_config,
+                           streamer, assistant_model=None):  # fmt: skip
+        """Prompt lookup or draft-model candidates, verified by one forward pass of this model per round."""
+        gc = generation_config
+        if not gc.use_cache:
+            raise ValueError("assisted generate requires `use_cache=True`")
+        if input_ids.shape[0] > 1:
+            raise ValueError("assisted generate is only supported for batch_size = 1")
+        if gc.num_return_sequences > 1:
+            raise ValueError(f"num_return_sequences has to be 1 when doing assisted generate, but is {gc.num_return_sequences}.")
+        generator = get_candidate_generator(gc, assistant_model, logits_processor)
+        cache = self._new_cache(gc, None)
+        all_scores, all_logits = [], []
+        while True:
+            length = input_ids.shape[1]
+            candidates, draft_scores = generator.get_candidates(input_ids)
+            k = len(candidates)
+            candidate_ids = mint.cat([input_ids, ms.Tensor(candidates.reshape(1, -1), input_ids.dtype)], dim=-1)
+            is_done_candidate = k > 0 and bool(stopping_criteria(candidate_ids, None)[0])
+            mask = mint.cat([attention_mask, mint.ones((1, k), dtype=ms.int32)], dim=-1)
+            logits = self._forward_logits(candidate_ids, mask, cache, logits_to_keep=k + 1)[0]
+            scores = mint.cat([logits_processor(candidate_ids[:, : length + i], logits[i : i + 1]) for i in range(k + 1)])
+            if gc.do_sample and draft_scores is not None:
+                accepted, matches = speculative_sampling(candidates, draft_scores, scores, is_done_candidate)
+            else:
+                choice = backend.multinomial(mint.softmax(scores, dim=-1)) if gc.do_sample else backend.argmax(scores)
+                choice = choice.asnumpy()
+                matches = int((np.cumsum(candidates != choice[:k]) < 1).sum())
+                matches -= int(is_done_candidate and matches == k)
+                accepted = choice[: matches + 1]
+            new_tokens = ms.Tensor(np.asarray(accepted).reshape(1, -1), input_ids.dtype)
+            input_ids = mint.cat([input_ids, new_tokens], dim=-1)
+            attention_mask = mint.cat([attention_mask, mint.ones(new_tokens.shape, dtype=ms.int32)], dim=-1)
+            if streamer is not None:
+                streamer.put(new_tokens)
+            cache.crop(input_ids.shape[1] - 1)
+            generator.update_candidate_strategy(input_ids, scores, matches)
+            all_scores += [scores[i : i + 1] for i in range(matches + 1)]
+            all_logits += [logits[i : i + 1] for i in range(matches + 1)]
+            if bool(stopping_criteria(input_ids, tuple(all_scores)).all()):
+                break
+        if streamer is not None:
+            streamer.end()
+        if not gc.return_dict_in_generate:
+            return input_ids
+        return GenerateDecoderOnlyOutput(
+            sequences=input_ids,
+            scores=tuple(all_scores) if gc.output_scores else None,
+            logits=tuple(all_logits) if gc.output_logits else None,
+            past_key_values=cache,
+        )
+
+    # ------------------------------------------------------------------ scores of chosen tokens
+    def compute_transition_scores(self, sequences, scores, beam_indices=None, normalize_logits: bool = False):
+        """Score of each generated token (from `scores` or beam search's processed log-probs), as in HF."""
+        vocab = self.config.get_text_config().vocab_size
+        steps = np.stack([s.asnumpy() for s in scores])  # [steps, rows * beams, vocab]
+        if normalize_logits:
+            steps = steps - np.log(np.exp(steps - steps.max(-1, keepdims=True)).sum(-1, keepdims=True)) - steps.max(-1, keepdims=True)
+        flat = steps.reshape(len(scores), -1).T  # [rows * beams * vocab, steps]
+        if beam_indices is None:
+            beam_indices = np.broadcast_to(np.arange(steps.shape[1])[:, None], (steps.shape[1], len(scores)))
+        else:
+            beam_indices = beam_indices.asnumpy() if isinstance(beam_indices, ms.Tensor) else np.asarray(beam_indices)
+        padding = beam_indices < 0
+        length = int((~padding).sum(-1).max())
+        beam_indices = np.where(padding, 0, beam_indices)[:, :length]
+        sequences = sequences.asnumpy() if isinstance(sequences, ms.Tensor) else np.asarray(sequences)
+        indices = sequences[:, sequences.shape[-1] - length :] + beam_indices * vocab
+        transition = np.take_along_axis(flat, indices, axis=0)
+        return ms.Tensor(np.where(padding[:, :length], 0.0, transition).astype(np.float32))
+
+
+class _BeamSearchState:
+    """The running and finished hypotheses of a beam search, [batch, beams, ...] numpy arrays."""
+
+    def __init__(self, gc, input_ids: ms.Tensor, vocab_size: int):
+        self.num_beams, self.vocab_size = gc.num_beams, vocab_size
+        self.length_penalty, self.early_stopping = gc.length_penalty, gc.early_stopping
+        self.max_length = gc.max_length
+        flat = input_ids.asnumpy().astype(np.int64)
+        self.batch, self.cur_len = flat.shape[0] // self.num_beams, flat.shape[1]
+        self.prompt_len = self.cur_len
+        eos, pad = gc._eos_token_list, gc._pad_token_id
+        self.beams_to_keep = max(2, 1 + len(eos or [])) * self.num_beams
+        self.top_beam_mask = np.arange(self.beams_to_keep) < self.num_beams
+        fill = (pad or eos[0]) if eos is not None else -1  # transformers' precedence: a pad id of 0 falls back to eos
+        b, n = self.batch, self.num_beams
+        self.running = np.full((b, n, self.max_length), fill, np.int64)
+        self.running[:, :, : self.cur_len] = flat.reshape(b, n, -1)
+        self.sequences = self.running.copy()
+        self.running_scores = np.zeros((b, n), np.float32)
+        self.running_scores[:, 1:] = -1e9
+        self.beam_scores = np.full((b, n), -1e9, np.float32)
+        self.finished = np.zeros((b, n), bool)
+        self.improvable = np.ones((b, 1), bool)
+        self.hits = np.zeros((b, n), bool)
+        self.running_indices = np.full((b, n, self.max_length - self.cur_len), -1, np.int32)
+        self.beam_indices = self.running_indices.copy()
+
+    def flat_running(self) -> np.ndarray:
+        return self.running[:, :, : self.cur_len].reshape(self.batch * self.num_beams, self.cur_len)
+
+    def top_candidates(self, log_probs: ms.Tensor, do_sample: bool) -> np.ndarray:
+        """Best (or sampled) `beams_to_keep` continuations per row; returns their sequences for the stopping check."""
+        running_scores = ms.Tensor(self.running_scores.reshape(-1, 1))
+        accumulated = (log_probs + running_scores).reshape(self.batch, self.num_beams * self.vocab_size)
+        if do_sample:
+            indices = ops.multinomial(mint.softmax(accumulated, dim=-1), self.beams_to_keep, replacement=False)
+            values = ops.gather_elements(accumulated, 1, indices)
+        else:
+            values, indices = ops.top_k(accumulated, self.beams_to_keep)
+        values, indices = values.asnumpy(), indices.asnumpy().astype(np.int64)
+        source_beam = indices // self.vocab_size
+        self.topk_scores = values
+        self.topk_running = np.take_along_axis(self.running, source_beam[..., None], 1)
+        self.topk_running[:, :, self.cur_len] = indices % self.vocab_size
+        self.topk_indices = np.take_along_axis(self.running_indices, source_beam[..., None], 1)
+        self.topk_indices[:, :, self.cur_len - self.prompt_len] = source_beam + np.arange(self.batch)[:, None] * self.num_beams
+        return self.topk_running[:, :, : self.cur_len + 1].reshape(-1, self.cur_len + 1)
+
+    def advance(self, hits: np.ndarray) -> np.ndarray:
+        """Applies the stopping result of the candidates; returns the cache rows the new running beams came from."""
+        self.hits = hits.reshape(self.batch, self.beams_to_keep)
+        running_scores = self.topk_scores + self.hits.astype(np.float32) * np.float32(-1e9)
+        keep = _top_indices(running_scores, self.num_beams)
+        self.running = np.take_along_axis(self.topk_running, keep[..., None], 1)
+        self.running_scores = np.take_along_axis(running_scores, keep, 1)
+        self.running_indices = np.take_along_axis(self.topk_indices, keep[..., None], 1)
+        self._update_finished()
+        beam_idx = self.running_indices[..., self.cur_len - self.prompt_len].reshape(-1)
+        self.cur_len += 1
+        self._update_improvable()
+        return beam_idx.astype(np.int32)
+
+    def _update_finished(self):
+        just_finished = self.hits & self.top_beam_mask[None, :]
+        scores = self.topk_scores / np.float32((self.cur_len + 1 - self.prompt_len) ** self.length_penalty)
+        full = self.finished.all(axis=-1, keepdims=True) & (self.early_stopping is True)
+        scores = scores + full.astype(np.float32) * np.float32(-1e9)
+        scores = scores + (~self.improvable).astype(np.float32) * np.float32(-1e9)
+        scores = scores + (~just_finished).astype(np.float32) * np.float32(-1e9)
+        merged_scores = np.concatenate([self.beam_scores, scores], 1)
+        best = _top_indices(merged_scores, self.num_beams)
+        self.sequences = np.take_along_axis(np.concatenate([self.sequences, self.topk_running], 1), best[..., None], 1)
+        self.beam_scores = np.take_along_axis(merged_scores, best, 1)
+        self.beam_indices = np.take_along_axis(np.concatenate([self.beam_indices, self.topk_indices], 1), best[..., None], 1)
+        self.finished = np.take_along_axis(np.concatenate([self.finished, just_finished], 1), best, 1)
+
+    def _update_improvable(self):
+        if self.early_stopping == "never" and self.length_penalty > 0.0:
+            best_length = self.max_length - self.prompt_len
+        else:
+            best_length = self.cur_len - self.prompt_len
+        best_running = self.running_scores[:, :1] / np.float32(best_length**self.length_penalty)
+        worst_finished = np.where(self.finished, self.beam_scores.min(axis=1, keepdims=True), np.float32(-1e9))
+        self.improvable = self.improvable & (best_running > worst_finished).any(axis=-1, keepdims=True)
+
+    def done(self) -> bool:
+        open_beam = not (self.finished.all() and self.early_stopping is True)
+        return not (self.improvable.any() and open_beam and not self.hits.all())
+
+    def result(self, num_return_sequences: int):
+        take = slice(0, num_return_sequences)
+        sequences = self.sequences[:, take].reshape(self.batch * num_return_sequences, -1)
+        scores = self.beam_scores[:, take].reshape(-1)
+        indices = self.beam_indices[:, take].reshape(self.batch * num_return_sequences, -1)
+        generated = int((indices + 1 != 0).sum(axis=1).max())
+        return sequences[:, : self.prompt_len + generated], scores, indices[:, :generated]
+
+
+def _top_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest per row, largest first; ties keep the lower index first (as torch.topk on CPU)."""
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
 
 
 def _merge_custom(default_list, custom, kind: str):
