@@ -201,6 +201,7 @@ def _tokenizer():
     "kwargs, error",
     [
         (dict(num_return_sequences=3), "num_return_sequences"),
+        (dict(num_beams=2, num_return_sequences=3), "has to be smaller or equal to `num_beams`"),
         (dict(do_sample=True, temperature=-1.0), "`temperature` (=-1.0) has to be a strictly positive float"),
         (dict(do_sample=True, top_p=-0.5), "`top_p` has to be a float > 0 and < 1"),
         (dict(num_beams=2, streamer=object()), "`streamer` cannot be used with beam search"),

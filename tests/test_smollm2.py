@@ -95,6 +95,22 @@ def test_parity_pair_scripts_agree(smollm2_dir, tmp_path):
     assert "prompt logits max-abs difference" in result.stdout
 
 
+def test_parity_pair_multi_turn_chat_with_beams(smollm2_dir, tmp_path):
+    conversation = [
+        {"role": "user", "content": "My name is Ana."},
+        {"role": "assistant", "content": "Nice to meet you, Ana!"},
+        {"role": "user", "content": "What is my name?"},
+    ]
+    messages = tmp_path / "conversation.json"
+    messages.write_text(json.dumps(conversation))
+    args = ["--model_name_or_path", smollm2_dir, "--messages_json", str(messages), "--num_beams", "3",
+            "--max_new_tokens", "16"]  # fmt: skip
+    result = subprocess.run([sys.executable, os.path.join(EXAMPLES, "compare.py"), "--run", *args],
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0 and "row 0: identical" in result.stdout, result.stdout + result.stderr
+    assert "What is my name?" in result.stdout
+
+
 def test_generate_script_runs_without_torch(smollm2_dir, tmp_path):
     """The library and the MindSpore script must not need torch (make demo installs none)."""
     out = tmp_path / "out.json"
@@ -108,3 +124,24 @@ def test_generate_script_runs_without_torch(smollm2_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "torch" not in json.dumps(json.loads(out.read_text())["framework"])
     assert "--- output 0 ---\nThe capital of France is Paris." in result.stdout
+
+
+def test_repetition_penalty_and_no_repeat_ngram_greedy(models, tokenizer):
+    ids, mask = _chat(tokenizer, PROMPTS[1:])
+    ours, expected = _both(models, ids, mask, max_new_tokens=30, repetition_penalty=1.3, no_repeat_ngram_size=3)
+    assert ours == expected
+
+
+def test_four_beam_search(models, tokenizer):
+    ids, mask = _chat(tokenizer, PROMPTS[:2])
+    ours, expected = _both(models, ids, mask, max_new_tokens=30, num_beams=4, num_return_sequences=2)
+    assert ours == expected and len(ours) == 4
+
+
+def test_prompt_lookup_equals_greedy_on_a_repetitive_prompt(models, tokenizer):
+    text = "List: apple, banana, cherry. Repeat the list exactly: apple, banana,"
+    ids = tokenizer([text], return_tensors="np")["input_ids"].astype(np.int64)
+    mask = np.ones_like(ids)
+    greedy, expected = _both(models, ids, mask, max_new_tokens=20)
+    lookup, _ = _both(models, ids, mask, max_new_tokens=20, prompt_lookup_num_tokens=4)
+    assert lookup == greedy == expected

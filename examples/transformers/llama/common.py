@@ -19,11 +19,17 @@ def parse_args(framework: str, argv=None) -> argparse.Namespace:
     parser.add_argument("--gguf_file", default=None, help="a .gguf file (path, or name inside the model directory)")
     parser.add_argument("--prompt", action="append", help="repeat for a left-padded batch")
     parser.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
+    parser.add_argument("--messages_json", default=None,
+                        help="chat messages file: one conversation [{role, content}, ...] or a list of them (a batch)")
     parser.add_argument("--max_new_tokens", type=int, default=30)
     parser.add_argument("--do_sample", action="store_true")
     parser.add_argument("--temperature", type=float, default=None)
     parser.add_argument("--top_k", type=int, default=None)
     parser.add_argument("--top_p", type=float, default=None)
+    parser.add_argument("--num_beams", type=int, default=None)
+    parser.add_argument("--repetition_penalty", type=float, default=None)
+    parser.add_argument("--no_repeat_ngram_size", type=int, default=None)
+    parser.add_argument("--prompt_lookup_num_tokens", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--output_json", default=None, help="also write ids, texts and prompt logits (.npz beside it)")
@@ -36,7 +42,8 @@ def parse_args(framework: str, argv=None) -> argparse.Namespace:
 
 def generation_kwargs(args) -> dict:
     kwargs = {"max_new_tokens": args.max_new_tokens, "do_sample": args.do_sample}
-    for name in ("temperature", "top_k", "top_p"):
+    for name in ("temperature", "top_k", "top_p", "num_beams", "repetition_penalty", "no_repeat_ngram_size",
+                 "prompt_lookup_num_tokens"):  # fmt: skip
         if getattr(args, name) is not None:
             kwargs[name] = getattr(args, name)
     return kwargs
@@ -44,18 +51,29 @@ def generation_kwargs(args) -> dict:
 
 def encode_prompts(tokenizer, args):
     """Returns (texts fed to the model, ids [batch, length] int64, attention mask), left padded."""
-    if args.chat:
-        texts = [
-            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-            for p in args.prompt
-        ]
+    conversations = _conversations(args)
+    if conversations is not None:
+        texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
     else:
         texts = list(args.prompt)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    encoded = tokenizer(texts, return_tensors="np", padding=True, add_special_tokens=not args.chat)
+    encoded = tokenizer(texts, return_tensors="np", padding=True, add_special_tokens=conversations is None)
     return texts, encoded["input_ids"].astype(np.int64), encoded["attention_mask"].astype(np.int64)
+
+
+def _conversations(args):
+    """Chat conversations to template: from --messages_json, or each --prompt as one user turn with --chat."""
+    if args.messages_json:
+        with open(args.messages_json) as f:
+            messages = json.load(f)
+        if not isinstance(messages, list) or not messages:
+            raise SystemExit(f"error: {args.messages_json} must hold a list of messages or a list of conversations")
+        return messages if isinstance(messages[0], list) else [messages]
+    if args.chat:
+        return [[{"role": "user", "content": prompt}] for prompt in args.prompt]
+    return None
 
 
 class Timer:
