@@ -122,18 +122,15 @@ def test_assisted_decoding_equals_greedy(pair, draft):
     assert ours.asnumpy().tolist() == greedy.asnumpy().tolist() == expected
 
 
-def test_assisted_decoding_with_itself_accepts_everything(pair):
+def test_assisted_decoding_with_itself_accepts_everything(pair, monkeypatch):
+    from mindone.transformers.generation.decoders import DynamicDecoder
+
     _, model = pair
     ids = ms_tensor(random_ids(1, 5, seed=10))
-    calls = []
-    original = model._forward_logits
-    model._forward_logits = lambda *a, **k: calls.append(k.get("logits_to_keep", 1)) or original(*a, **k)
-    try:
-        greedy = model.generate(ids, max_new_tokens=12, eos_token_id=None)
-        calls.clear()
-        assisted = model.generate(ids, max_new_tokens=12, eos_token_id=None, assistant_model=model)
-    finally:
-        del model._forward_logits
+    greedy = model.generate(ids, max_new_tokens=12, eos_token_id=None)
+    calls, original = [], DynamicDecoder.logits
+    monkeypatch.setattr(DynamicDecoder, "logits", lambda self, *a, **k: calls.append(k.get("logits_to_keep", 1)) or original(self, *a, **k))
+    assisted = model.generate(ids, max_new_tokens=12, eos_token_id=None, assistant_model=model)
     assert assisted.asnumpy().tolist() == greedy.asnumpy().tolist()
     assert max(calls) > 2  # the verification pass scored several candidates at once
 

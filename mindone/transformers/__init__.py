@@ -15,6 +15,7 @@ _EXPORTS = {
     "PreTrainedModel": "modeling_utils",
     "Cache": "cache_utils",
     "DynamicCache": "cache_utils",
+    "StaticCache": "cache_utils",
     "GenerationConfig": "generation",
     "GenerationMixin": "generation",
     "LogitsProcessor": "generation",

@@ -3,11 +3,17 @@
 from typing import Optional
 
 import mindspore as ms
-from mindspore import mint, ops
+import numpy as np
+from mindspore import Parameter, mint, nn, ops
+
+from .backend import arange
+from .masking_utils import dtype_min
 
 
 class Cache:
     """Interface shared by the caches: `update` stores new states for a layer and returns everything cached."""
+
+    is_static = False
 
     def update(self, key_states, value_states, layer_idx: int, cache_kwargs: Optional[dict] = None):
         raise NotImplementedError(f"{type(self).__name__} must implement update()")
@@ -68,3 +74,60 @@ class DynamicCache(Cache):
         for layer_idx, (key, value) in enumerate(past_key_values or ()):
             cache.update(key, value, layer_idx)
         return cache
+
+
+class StaticCache(Cache, nn.Cell):
+    """Preallocated keys/values, written in place at `cache_position`, so one compiled graph serves every decode step.
+
+    Each layer's buffer is a Parameter shaped [max_cache_len, batch, kv_heads, head_dim]: the slot axis comes first
+    because `ops.scatter_update` (which compiles on every backend) writes along axis 0. `update` returns the whole
+    buffer as [batch, kv_heads, max_cache_len, head_dim]; slots not written yet are masked out by `attention_mask`."""
+
+    is_static = True
+
+    def __init__(self, config, max_cache_len: int, max_batch_size: int = 1, dtype=ms.float32, **kwargs):
+        nn.Cell.__init__(self)
+        text = config.get_text_config()
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+        self.max_cache_len, self.max_batch_size, self.dtype = max_cache_len, max_batch_size, dtype
+        shape = (max_cache_len, max_batch_size, kv_heads, head_dim)
+        self.keys = ms.ParameterTuple(
+            Parameter(ms.Tensor(np.zeros(shape), dtype), name=f"static_cache.key.{i}", requires_grad=False)
+            for i in range(text.num_hidden_layers)
+        )
+        self.values = ms.ParameterTuple(
+            Parameter(ms.Tensor(np.zeros(shape), dtype), name=f"static_cache.value.{i}", requires_grad=False)
+            for i in range(text.num_hidden_layers)
+        )
+        self.seen_tokens = 0  # host-side count, kept by the generation loop
+
+    def update(self, key_states, value_states, layer_idx: int, cache_kwargs: Optional[dict] = None):
+        positions = cache_kwargs["cache_position"]
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        ops.scatter_update(keys, positions, key_states.transpose(2, 0, 1, 3).astype(keys.dtype))
+        ops.scatter_update(values, positions, value_states.transpose(2, 0, 1, 3).astype(values.dtype))
+        return keys.transpose(1, 2, 0, 3), values.transpose(1, 2, 0, 3)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen_tokens
+
+    def get_max_cache_shape(self) -> int:
+        return self.max_cache_len
+
+    def attention_mask(self, padding_mask, cache_position, dtype):
+        """[batch, 1, queries, max_cache_len]: slot j is visible to the query in slot i when j <= i and the
+        token in slot j is not padding (`padding_mask` covers all max_cache_len slots)."""
+        visible = arange(self.max_cache_len).reshape(1, 1, 1, -1) <= cache_position.reshape(1, 1, -1, 1)
+        visible = mint.logical_and(visible, padding_mask.astype(ms.bool_).reshape(padding_mask.shape[0], 1, 1, -1))
+        return mint.where(visible, ms.Tensor(0.0, dtype), ms.Tensor(dtype_min(dtype), dtype))
+
+    def reorder_cache(self, beam_idx: ms.Tensor) -> None:
+        """Select batch rows (beam search), in place."""
+        for buffer in tuple(self.keys) + tuple(self.values):
+            ops.assign(buffer, ops.gather(buffer, beam_idx, 1))
+
+    def reset(self) -> None:
+        for buffer in tuple(self.keys) + tuple(self.values):
+            buffer.set_data(ms.Tensor(np.zeros(buffer.shape), buffer.dtype))
+        self.seen_tokens = 0

@@ -150,13 +150,13 @@ def eager_attention(query, key, value, attention_mask, scaling: float):
     return output.reshape(batch, heads, seq, head_dim).swapaxes(1, 2)
 
 
-ATTENTION_FUNCTIONS = {"eager": eager_attention}
+def attention_implementation(config) -> str:
+    return getattr(config, "_attn_implementation", None) or "eager"
 
 
-def attention_function(config):
+def attend(implementation: str, query, key, value, attention_mask, scaling: float):
     """The one place that maps `attn_implementation` to a kernel."""
-    name = getattr(config, "_attn_implementation", None) or "eager"
-    return ATTENTION_FUNCTIONS.get(name, eager_attention)
+    return eager_attention(query, key, value, attention_mask, scaling)
 
 
 class Attention(nn.Cell):
@@ -175,21 +175,21 @@ class Attention(nn.Cell):
         self.k_proj = Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias, std)
         self.v_proj = Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias, std)
         self.o_proj = Linear(self.num_heads * self.head_dim, config.hidden_size, bias, std)
-        self.attend = attention_function(config)
+        self.attn_implementation = attention_implementation(config)
 
     def _heads(self, x, num_heads):
         batch, seq, _ = x.shape
         return x.reshape(batch, seq, num_heads, self.head_dim).swapaxes(1, 2)
 
-    def construct(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None):
+    def construct(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, cache_position=None):
         batch, seq, _ = hidden_states.shape
         query = self._heads(self.q_proj(hidden_states), self.num_heads)
         key = self._heads(self.k_proj(hidden_states), self.num_kv_heads)
         value = self._heads(self.v_proj(hidden_states), self.num_kv_heads)
         query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
         if past_key_values is not None:
-            key, value = past_key_values.update(key, value, self.layer_idx)
-        output = self.attend(query, key, value, attention_mask, self.scaling)
+            key, value = past_key_values.update(key, value, self.layer_idx, {"cache_position": cache_position})
+        output = attend(self.attn_implementation, query, key, value, attention_mask, self.scaling)
         return self.o_proj(output.reshape(batch, seq, -1))
 
 

@@ -7,11 +7,13 @@ from mindspore import mint
 
 from .backend import arange
 
-_DTYPE_MIN = {ms.float32: -3.4028234663852886e38, ms.float16: -65504.0, ms.bfloat16: -3.3895313892515355e38}
-
-
 def dtype_min(dtype) -> float:
-    return _DTYPE_MIN[dtype]
+    """The most negative finite value of a float dtype (written as branches: graph mode cannot index a dict by dtype)."""
+    if dtype == ms.float16:
+        return -65504.0
+    if dtype == ms.bfloat16:
+        return -3.3895313892515355e38
+    return -3.4028234663852886e38
 
 
 def causal_mask(

@@ -129,6 +129,11 @@ class PreTrainedModel(nn.Cell):
         self.config = config
         self.generation_config = GenerationConfig.from_model_config(config) if self.can_generate() else None
 
+    def __call__(self, *args, **kwargs):
+        if kwargs.get("past_key_values") is None and ms.get_context("mode") == ms.GRAPH_MODE:
+            kwargs["use_cache"] = False  # a DynamicCache is a Python object that a compiled graph cannot create
+        return super().__call__(*args, **kwargs)
+
     @classmethod
     def can_generate(cls) -> bool:
         return hasattr(cls, "generate")

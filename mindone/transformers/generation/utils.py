@@ -18,10 +18,11 @@ from transformers.generation.configuration_utils import GenerationMode
 from transformers.utils import ModelOutput
 
 from .. import backend
-from ..cache_utils import Cache, DynamicCache
+from ..cache_utils import Cache
 from . import logits_process as lp
 from .candidate_generator import get_candidate_generator, speculative_sampling
 from .configuration_utils import GenerationConfig
+from .decoders import DynamicDecoder, make_decoder
 from .stopping_criteria import (
     EosTokenCriteria,
     MaxLengthCriteria,
@@ -342,40 +343,18 @@ class GenerationMixin:
             f"generation mode {mode.value!r} is not supported; use greedy, sampling, beam search or assisted decoding"
         )
 
-    # ------------------------------------------------------------------ model calls
-    def _forward_logits(self, input_ids, attention_mask, cache: Optional[Cache], logits_to_keep: int = 1) -> ms.Tensor:
-        """Runs the model on the tokens the cache has not seen; float32 logits of the last `logits_to_keep`."""
-        position_ids = backend.cumsum(attention_mask, -1) - 1
-        position_ids = mint.where(attention_mask == 0, ms.Tensor(1, position_ids.dtype), position_ids)
-        seen = cache.get_seq_length() if cache is not None else 0
-        outputs = self(
-            input_ids=input_ids[:, seen:],
-            attention_mask=attention_mask,
-            position_ids=position_ids[:, seen:],
-            past_key_values=cache,
-            use_cache=cache is not None,
-            logits_to_keep=logits_to_keep,
-        )
-        return outputs.logits.astype(ms.float32)
-
-    @staticmethod
-    def _new_cache(generation_config, cache: Optional[Cache]) -> Optional[Cache]:
-        if not generation_config.use_cache:
-            return None
-        return cache if cache is not None else DynamicCache()
-
     # ------------------------------------------------------------------ greedy / sampling
     def _sample(self, input_ids, attention_mask, logits_processor, stopping_criteria, generation_config, streamer,
                 cache: Optional[Cache] = None):  # fmt: skip
         """Greedy decoding and multinomial sampling: one token per step for every row until all rows stop."""
         gc = generation_config
-        cache = self._new_cache(gc, cache)
+        decoder = make_decoder(self, gc, input_ids.shape[0], input_ids.shape[1], cache)
         record_scores = gc.return_dict_in_generate and gc.output_scores
         record_logits = gc.return_dict_in_generate and gc.output_logits
         all_scores, all_logits = [], []
         unfinished = mint.ones((input_ids.shape[0],), dtype=input_ids.dtype)
         while True:
-            logits = self._forward_logits(input_ids, attention_mask, cache)[:, -1, :]
+            logits = decoder.logits(input_ids, attention_mask)[:, -1, :]
             scores = logits_processor(input_ids, logits)
             all_scores += [scores] if record_scores else []
             all_logits += [logits] if record_logits else []
@@ -402,7 +381,7 @@ class GenerationMixin:
             sequences=input_ids,
             scores=tuple(all_scores) if record_scores else None,
             logits=tuple(all_logits) if record_logits else None,
-            past_key_values=cache,
+            past_key_values=decoder.cache,
         )
 
     # ------------------------------------------------------------------ beam search
@@ -413,21 +392,19 @@ class GenerationMixin:
 
         The model runs on device; the small [batch, beams] bookkeeping runs in numpy."""
         search = _BeamSearchState(generation_config, input_ids, self.config.get_text_config().vocab_size)
-        cache = self._new_cache(generation_config, cache)
+        decoder = make_decoder(self, generation_config, input_ids.shape[0], input_ids.shape[1], cache)
         record_scores = generation_config.return_dict_in_generate and generation_config.output_scores
         record_logits = generation_config.return_dict_in_generate and generation_config.output_logits
         all_scores, all_logits = [], []
         while True:
             running = ms.Tensor(search.flat_running(), input_ids.dtype)
-            logits = self._forward_logits(running, attention_mask, cache)[:, -1, :]
+            logits = decoder.logits(running, attention_mask)[:, -1, :]
             log_probs = logits_processor(running, ops.log_softmax(logits, -1))
             all_scores += [log_probs] if record_scores else []
             all_logits += [logits] if record_logits else []
             candidates = search.top_candidates(log_probs, generation_config.do_sample)
             hits = stopping_criteria(ms.Tensor(candidates, input_ids.dtype), tuple(all_scores) or None)
-            beam_idx = search.advance(hits.asnumpy())
-            if cache is not None:
-                cache.reorder_cache(ms.Tensor(beam_idx))
+            decoder.reorder(ms.Tensor(search.advance(hits.asnumpy())))
             attention_mask = mint.cat([attention_mask, mint.ones((attention_mask.shape[0], 1), dtype=ms.int32)], dim=-1)
             if search.done():
                 break
@@ -441,7 +418,7 @@ class GenerationMixin:
             scores=tuple(all_scores) if record_scores else None,
             logits=tuple(all_logits) if record_logits else None,
             beam_indices=ms.Tensor(beam_indices),
-            past_key_values=cache,
+            past_key_values=decoder.cache,
         )
 
     # ------------------------------------------------------------------ assisted decoding
@@ -455,8 +432,10 @@ class GenerationMixin:
             raise ValueError("assisted generate is only supported for batch_size = 1")
         if gc.num_return_sequences > 1:
             raise ValueError(f"num_return_sequences has to be 1 when doing assisted generate, but is {gc.num_return_sequences}.")
+        if gc.cache_implementation == "static" or ms.get_context("mode") == ms.GRAPH_MODE:
+            raise ValueError("assisted generate is not supported with Static cache classes`")
         generator = get_candidate_generator(gc, assistant_model, logits_processor)
-        cache = self._new_cache(gc, None)
+        decoder = DynamicDecoder(self, gc)
         all_scores, all_logits = [], []
         while True:
             length = input_ids.shape[1]
@@ -465,7 +444,7 @@ class GenerationMixin:
             candidate_ids = mint.cat([input_ids, ms.Tensor(candidates.reshape(1, -1), input_ids.dtype)], dim=-1)
             is_done_candidate = k > 0 and bool(stopping_criteria(candidate_ids, None)[0])
             mask = mint.cat([attention_mask, mint.ones((1, k), dtype=ms.int32)], dim=-1)
-            logits = self._forward_logits(candidate_ids, mask, cache, logits_to_keep=k + 1)[0]
+            logits = decoder.logits(candidate_ids, mask, logits_to_keep=k + 1)[0]
             scores = mint.cat([logits_processor(candidate_ids[:, : length + i], logits[i : i + 1]) for i in range(k + 1)])
             if gc.do_sample and draft_scores is not None:
                 accepted, matches = speculative_sampling(candidates, draft_scores, scores, is_done_candidate)
@@ -480,7 +459,7 @@ class GenerationMixin:
             attention_mask = mint.cat([attention_mask, mint.ones(new_tokens.shape, dtype=ms.int32)], dim=-1)
             if streamer is not None:
                 streamer.put(new_tokens)
-            cache.crop(input_ids.shape[1] - 1)
+            decoder.cache.crop(input_ids.shape[1] - 1)
             generator.update_candidate_strategy(input_ids, scores, matches)
             all_scores += [scores[i : i + 1] for i in range(matches + 1)]
             all_logits += [logits[i : i + 1] for i in range(matches + 1)]
@@ -494,7 +473,7 @@ class GenerationMixin:
             sequences=input_ids,
             scores=tuple(all_scores) if gc.output_scores else None,
             logits=tuple(all_logits) if gc.output_logits else None,
-            past_key_values=cache,
+            past_key_values=decoder.cache,
         )
 
     # ------------------------------------------------------------------ scores of chosen tokens

@@ -23,8 +23,9 @@ class LlamaDecoderLayer(nn.Cell):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def construct(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None):
-        attended = self.self_attn(self.input_layernorm(hidden_states), position_embeddings, attention_mask, past_key_values)
+    def construct(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, cache_position=None):
+        normed = self.input_layernorm(hidden_states)
+        attended = self.self_attn(normed, position_embeddings, attention_mask, past_key_values, cache_position)
         hidden_states = hidden_states + attended
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
@@ -53,6 +54,8 @@ class LlamaModel(LlamaPreTrainedModel):
         inputs_embeds=None,
         use_cache: Optional[bool] = None,
         output_hidden_states: Optional[bool] = None,
+        cache_position=None,
+        return_dict: bool = True,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
@@ -64,16 +67,24 @@ class LlamaModel(LlamaPreTrainedModel):
             past_key_values = DynamicCache()
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
         seq_length = inputs_embeds.shape[1]
+        if cache_position is None:
+            cache_position = arange(seq_length) + past_length
         if position_ids is None:
-            position_ids = (arange(seq_length) + past_length).expand_dims(0)
-        mask = causal_mask(attention_mask, seq_length, past_length, inputs_embeds.dtype)
+            position_ids = cache_position.expand_dims(0)
+        if past_key_values is not None and past_key_values.is_static:
+            mask = past_key_values.attention_mask(attention_mask, cache_position, inputs_embeds.dtype)
+        else:
+            mask = causal_mask(attention_mask, seq_length, past_length, inputs_embeds.dtype)
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
 
         hidden_states, all_hidden_states = inputs_embeds, ()
+        cache = past_key_values if use_cache else None
         for layer in self.layers:
             all_hidden_states += (hidden_states,)
-            hidden_states = layer(hidden_states, position_embeddings, mask, past_key_values if use_cache else None)
+            hidden_states = layer(hidden_states, position_embeddings, mask, cache, cache_position)
         hidden_states = self.norm(hidden_states)
+        if not return_dict:  # plain tuples are what compiled graphs return best
+            return hidden_states, cache
         return BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
             past_key_values=past_key_values if use_cache else None,
@@ -110,6 +121,8 @@ class LlamaForCausalLM(LlamaPreTrainedModel, GenerationMixin):
         use_cache: Optional[bool] = None,
         output_hidden_states: Optional[bool] = None,
         logits_to_keep: int = 0,
+        cache_position=None,
+        return_dict: bool = True,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         outputs = self.model(
@@ -120,11 +133,15 @@ class LlamaForCausalLM(LlamaPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
+            cache_position=cache_position,
+            return_dict=return_dict,
         )
-        hidden_states = outputs.last_hidden_state
+        hidden_states = outputs[0]
         if logits_to_keep:
             hidden_states = hidden_states[:, -logits_to_keep:]
         logits = self.lm_head(hidden_states)
+        if not return_dict:
+            return logits, outputs[1]
         return CausalLMOutputWithPast(
             loss=causal_lm_loss(logits, labels) if labels is not None else None,
             logits=logits,
