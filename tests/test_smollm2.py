@@ -145,3 +145,13 @@ def test_prompt_lookup_equals_greedy_on_a_repetitive_prompt(models, tokenizer):
     greedy, expected = _both(models, ids, mask, max_new_tokens=20)
     lookup, _ = _both(models, ids, mask, max_new_tokens=20, prompt_lookup_num_tokens=4)
     assert lookup == greedy == expected
+
+
+@pytest.mark.parametrize("strategy", [dict(), dict(num_beams=4)], ids=["greedy", "beam4"])
+def test_static_cache_generation_identical(models, tokenizer, strategy):
+    reference, model = models
+    ids, mask = _chat(tokenizer, PROMPTS)
+    ours, expected = _both(models, ids, mask, max_new_tokens=30, **strategy)
+    static = model.generate(ms.Tensor(ids), attention_mask=ms.Tensor(mask), max_new_tokens=30,
+                            cache_implementation="static", **strategy)  # fmt: skip
+    assert static.asnumpy().tolist() == ours == expected

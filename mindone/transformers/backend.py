@@ -64,6 +64,40 @@ def arange(n: int) -> ms.Tensor:
     return ops.arange(0, n, dtype=ms.int32)
 
 
+# ---------------------------------------------------------------- fused kernels (Ascend only)
+def attention_kernel(requested=None) -> str:
+    """Ascend: "flash" (ops.flash_attention_score) unless `attn_implementation="eager"` is asked for. Elsewhere:
+    "eager" (matmul + softmax). HF's "sdpa" / "flash_attention_2" requests map to the fused kernel where one exists."""
+    return "flash" if is_ascend() and requested != "eager" else "eager"
+
+
+def uses_fused_norm() -> bool:
+    return is_ascend()
+
+
+def uses_fused_rotary() -> bool:
+    return is_ascend()
+
+
+def flash_attention(query, key, value, attention_mask, scaling: float):
+    """[batch, heads, seq, dim] inputs (fewer kv heads allowed) -> [batch, seq, heads, dim]. The kernel takes a
+    boolean mask where True means "do not attend", so the additive mask is converted."""
+    discard = None if attention_mask is None else (attention_mask < 0).astype(ms.uint8)
+    output = ops.flash_attention_score(
+        query, key, value, query.shape[1], attn_mask=discard, scalar_value=scaling, input_layout="BNSD"
+    )
+    return output.swapaxes(1, 2)
+
+
+def fused_rms_norm(hidden_states, weight, eps: float):
+    return ops.rms_norm(hidden_states, weight, eps)[0]
+
+
+def fused_rotary(x, cos, sin):
+    """Half-split (rotate_half) rotary embedding on [batch, heads, seq, dim] with cos/sin [batch, 1, seq, dim]."""
+    return ops.rotary_position_embedding(x, cos, sin, 0)
+
+
 def check_dtype_supported(dtype) -> None:
     if dtype == ms.bfloat16 and device_target() == "CPU":
         raise ValueError(

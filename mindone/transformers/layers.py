@@ -83,8 +83,11 @@ class RMSNorm(nn.Cell):
         super().__init__()
         self.weight = _param((hidden_size,), "ones")
         self.variance_epsilon = eps
+        self.fused = backend.uses_fused_norm()
 
     def construct(self, hidden_states):
+        if self.fused:
+            return backend.fused_rms_norm(hidden_states, self.weight, self.variance_epsilon)
         input_dtype = hidden_states.dtype
         hidden_states = _cast(hidden_states, ms.float32)
         variance = mint.mean(hidden_states * hidden_states, -1, keepdim=True)
@@ -127,9 +130,11 @@ def rotate_half(x):
     return mint.cat([-x[..., half:], x[..., :half]], dim=-1)
 
 
-def apply_rotary_pos_emb(q, k, cos, sin):
+def apply_rotary_pos_emb(q, k, cos, sin, fused: bool = False):
     """q, k: [batch, heads, seq, head_dim]; cos, sin: [batch, seq, head_dim]."""
     cos, sin = cos.expand_dims(1), sin.expand_dims(1)
+    if fused:
+        return backend.fused_rotary(q, cos, sin), backend.fused_rotary(k, cos, sin)
     return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 
 
@@ -150,12 +155,10 @@ def eager_attention(query, key, value, attention_mask, scaling: float):
     return output.reshape(batch, heads, seq, head_dim).swapaxes(1, 2)
 
 
-def attention_implementation(config) -> str:
-    return getattr(config, "_attn_implementation", None) or "eager"
-
-
-def attend(implementation: str, query, key, value, attention_mask, scaling: float):
-    """The one place that maps `attn_implementation` to a kernel."""
+def attend(kernel: str, query, key, value, attention_mask, scaling: float):
+    """Runs the attention kernel that backend.attention_kernel chose for this model."""
+    if kernel == "flash":
+        return backend.flash_attention(query, key, value, attention_mask, scaling)
     return eager_attention(query, key, value, attention_mask, scaling)
 
 
@@ -175,7 +178,8 @@ class Attention(nn.Cell):
         self.k_proj = Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias, std)
         self.v_proj = Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias, std)
         self.o_proj = Linear(self.num_heads * self.head_dim, config.hidden_size, bias, std)
-        self.attn_implementation = attention_implementation(config)
+        self.attention_kernel = backend.attention_kernel(getattr(config, "_attn_implementation", None))
+        self.fused_rotary = backend.uses_fused_rotary()
 
     def _heads(self, x, num_heads):
         batch, seq, _ = x.shape
@@ -186,10 +190,10 @@ class Attention(nn.Cell):
         query = self._heads(self.q_proj(hidden_states), self.num_heads)
         key = self._heads(self.k_proj(hidden_states), self.num_kv_heads)
         value = self._heads(self.v_proj(hidden_states), self.num_kv_heads)
-        query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
+        query, key = apply_rotary_pos_emb(query, key, position_embeddings[0], position_embeddings[1], self.fused_rotary)
         if past_key_values is not None:
             key, value = past_key_values.update(key, value, self.layer_idx, {"cache_position": cache_position})
-        output = attend(self.attn_implementation, query, key, value, attention_mask, self.scaling)
+        output = attend(self.attention_kernel, query, key, value, attention_mask, self.scaling)
         return self.o_proj(output.reshape(batch, seq, -1))
 
 
