@@ -26,11 +26,23 @@ def test_cpu_uses_composed_kernels():
 
 
 def test_ascend_uses_fused_kernels(ascend):
-    assert backend.attention_kernel(None) == "flash"
-    assert backend.attention_kernel("sdpa") == backend.attention_kernel("flash_attention_2") == "flash"
+    import mindspore as ms
+
+    from mindone.transformers.layers import parameter_defaults
+
+    assert backend.attention_kernel(None, ms.bfloat16, 64) == "flash"
+    assert backend.attention_kernel("sdpa", ms.float16, 128) == backend.attention_kernel("flash_attention_2") == "flash"
     assert backend.uses_fused_norm() and backend.uses_fused_rotary()
-    attention = Attention(_config(), 0)
+    with parameter_defaults(ms.float16):
+        attention = Attention(_config(head_dim=16), 0)
     assert attention.attention_kernel == "flash" and attention.fused_rotary and RMSNorm(8).fused
+
+
+def test_flash_kernel_limits_fall_back_to_eager(ascend):
+    import mindspore as ms
+
+    assert backend.attention_kernel(None, ms.float32, 64) == "eager"  # the kernel takes fp16/bf16 only
+    assert backend.attention_kernel(None, ms.float16, 8) == "eager"  # head_dim must be a multiple of 16
 
 
 def test_eager_can_be_forced_on_ascend(ascend):

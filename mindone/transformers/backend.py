@@ -65,10 +65,12 @@ def arange(n: int) -> ms.Tensor:
 
 
 # ---------------------------------------------------------------- fused kernels (Ascend only)
-def attention_kernel(requested=None) -> str:
-    """Ascend: "flash" (ops.flash_attention_score) unless `attn_implementation="eager"` is asked for. Elsewhere:
-    "eager" (matmul + softmax). HF's "sdpa" / "flash_attention_2" requests map to the fused kernel where one exists."""
-    return "flash" if is_ascend() and requested != "eager" else "eager"
+def attention_kernel(requested=None, dtype=ms.float16, head_dim: int = 64) -> str:
+    """Ascend: "flash" (ops.flash_attention_score) for float16/bfloat16 and head_dim a multiple of 16 (the kernel's
+    limits), unless `attn_implementation="eager"` is asked for. Elsewhere: "eager" (matmul + softmax). HF's "sdpa" /
+    "flash_attention_2" requests map to the fused kernel where it applies."""
+    fits = dtype in (ms.float16, ms.bfloat16) and head_dim % 16 == 0 and head_dim <= 512
+    return "flash" if is_ascend() and fits and requested != "eager" else "eager"
 
 
 def uses_fused_norm() -> bool:

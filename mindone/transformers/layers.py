@@ -178,7 +178,8 @@ class Attention(nn.Cell):
         self.k_proj = Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias, std)
         self.v_proj = Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias, std)
         self.o_proj = Linear(self.num_heads * self.head_dim, config.hidden_size, bias, std)
-        self.attention_kernel = backend.attention_kernel(getattr(config, "_attn_implementation", None))
+        requested = getattr(config, "_attn_implementation", None)
+        self.attention_kernel = backend.attention_kernel(requested, _DEFAULTS["dtype"], self.head_dim)
         self.fused_rotary = backend.uses_fused_rotary()
 
     def _heads(self, x, num_heads):
