@@ -105,8 +105,8 @@ class StaticCache(Cache, nn.Cell):
     def update(self, key_states, value_states, layer_idx: int, cache_kwargs: Optional[dict] = None):
         positions = cache_kwargs["cache_position"]
         keys, values = self.keys[layer_idx], self.values[layer_idx]
-        ops.scatter_update(keys, positions, key_states.transpose(2, 0, 1, 3).astype(keys.dtype))
-        ops.scatter_update(values, positions, value_states.transpose(2, 0, 1, 3).astype(values.dtype))
+        ops.scatter_update(keys, positions, key_states.transpose(2, 0, 1, 3))
+        ops.scatter_update(values, positions, value_states.transpose(2, 0, 1, 3))
         return keys.transpose(1, 2, 0, 3), values.transpose(1, 2, 0, 3)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:

@@ -6,6 +6,7 @@ Parameter names and layouts are Hugging Face's, so checkpoint keys map 1:1 onto 
 import contextlib
 
 import mindspore as ms
+import numpy as np
 from mindspore import Parameter, mint, nn
 from mindspore.common.initializer import Normal, initializer
 
@@ -96,7 +97,8 @@ class RMSNorm(nn.Cell):
 
 
 class RotaryEmbedding(nn.Cell):
-    """cos/sin tables for the given positions; `dynamic` scaling recomputes frequencies when positions grow."""
+    """cos/sin tables [batch, 1, seq, dim] for the given positions (shaped once per forward, broadcast over heads);
+    `dynamic` scaling recomputes frequencies when positions grow."""
 
     def __init__(self, config):
         super().__init__()
@@ -119,23 +121,27 @@ class RotaryEmbedding(nn.Cell):
         if self.rope_type == "dynamic":
             self._dynamic_update(position_ids)
         freqs = position_ids.astype(ms.float32).expand_dims(-1) * self.inv_freq.reshape(1, 1, -1)
-        emb = mint.cat([freqs, freqs], dim=-1)
+        emb = mint.cat([freqs, freqs], dim=-1).expand_dims(1)
         cos = mint.cos(emb) * self.attention_scaling
         sin = mint.sin(emb) * self.attention_scaling
         return _cast(cos, x.dtype), _cast(sin, x.dtype)
 
 
-def rotate_half(x):
-    half = x.shape[-1] // 2
-    return mint.cat([-x[..., half:], x[..., :half]], dim=-1)
+def rotate_half_matrix(dim: int, dtype) -> ms.Tensor:
+    """R with x @ R == rotate_half(x) == cat(-x2, x1) for x = cat(x1, x2): one kernel instead of two slices, a
+    negation and a concat per tensor (entries are 0 and ±1, so the product is exact)."""
+    half = dim // 2
+    matrix = np.zeros((dim, dim), np.float32)
+    matrix[np.arange(half) + half, np.arange(half)] = -1.0
+    matrix[np.arange(half), np.arange(half) + half] = 1.0
+    return ms.Tensor(matrix, dtype)
 
 
-def apply_rotary_pos_emb(q, k, cos, sin, fused: bool = False):
-    """q, k: [batch, heads, seq, head_dim]; cos, sin: [batch, seq, head_dim]."""
-    cos, sin = cos.expand_dims(1), sin.expand_dims(1)
+def apply_rotary_pos_emb(q, k, cos, sin, rotation, fused: bool = False):
+    """q, k: [batch, heads, seq, head_dim]; cos, sin: [batch, 1, seq, head_dim]; rotation: rotate_half_matrix."""
     if fused:
         return backend.fused_rotary(q, cos, sin), backend.fused_rotary(k, cos, sin)
-    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+    return q * cos + mint.matmul(q, rotation) * sin, k * cos + mint.matmul(k, rotation) * sin
 
 
 def eager_attention(query, key, value, attention_mask, scaling: float):
@@ -181,6 +187,7 @@ class Attention(nn.Cell):
         requested = getattr(config, "_attn_implementation", None)
         self.attention_kernel = backend.attention_kernel(requested, _DEFAULTS["dtype"], self.head_dim)
         self.fused_rotary = backend.uses_fused_rotary()
+        self.rotation = rotate_half_matrix(self.head_dim, _DEFAULTS["dtype"])
 
     def _heads(self, x, num_heads):
         batch, seq, _ = x.shape
@@ -191,7 +198,8 @@ class Attention(nn.Cell):
         query = self._heads(self.q_proj(hidden_states), self.num_heads)
         key = self._heads(self.k_proj(hidden_states), self.num_kv_heads)
         value = self._heads(self.v_proj(hidden_states), self.num_kv_heads)
-        query, key = apply_rotary_pos_emb(query, key, position_embeddings[0], position_embeddings[1], self.fused_rotary)
+        cos, sin = position_embeddings
+        query, key = apply_rotary_pos_emb(query, key, cos, sin, self.rotation, self.fused_rotary)
         if past_key_values is not None:
             key, value = past_key_values.update(key, value, self.layer_idx, {"cache_position": cache_position})
         output = attend(self.attention_kernel, query, key, value, attention_mask, self.scaling)
