@@ -107,3 +107,30 @@ def test_assisted_decoding_refuses_static_cache(pair):
     _, model = pair
     with pytest.raises(ValueError, match="not supported with Static cache"):
         model.generate(ms_tensor(random_ids(1, 4)), max_new_tokens=3, prompt_lookup_num_tokens=2, cache_implementation="static")
+
+
+def test_same_seed_same_samples_dynamic_and_static(pair):
+    _, model = pair
+    ids = ms_tensor(random_ids(2, 6, seed=12))
+    runs = []
+    for cache_implementation in (None, "static"):
+        set_seed(21)
+        runs.append(model.generate(ids, do_sample=True, max_new_tokens=10, top_k=0,
+                                   cache_implementation=cache_implementation).asnumpy().tolist())  # fmt: skip
+    assert runs[0] == runs[1]
+
+
+def test_float16_weights_on_cpu(tmp_path):
+    """fp16 runs on the CPU backend (bf16 does not: no bf16 matmul kernel); logits are handed out in fp16 and
+    the processors see float32, as in transformers."""
+    from helpers import torch_logits
+
+    reference = save_tiny_llama(tmp_path)
+    model = LlamaForCausalLM.from_pretrained(tmp_path, dtype="float16")
+    ids = random_ids(1, 6)
+    logits = model(input_ids=ms_tensor(ids)).logits
+    assert logits.dtype == ms.float16
+    assert np.abs(logits.astype(ms.float32).asnumpy() - torch_logits(reference, ids)).max() <= 2e-2
+    dynamic = model.generate(ms_tensor(ids), max_new_tokens=10)
+    static = model.generate(ms_tensor(ids), max_new_tokens=10, cache_implementation="static")
+    assert dynamic.asnumpy().tolist() == static.asnumpy().tolist()

@@ -373,16 +373,7 @@ class GenerationMixin:
             unfinished = unfinished * mint.logical_not(finished).astype(unfinished.dtype)
             if int(unfinished.max()) == 0:
                 break
-        if streamer is not None:
-            streamer.end()
-        if not gc.return_dict_in_generate:
-            return input_ids
-        return GenerateDecoderOnlyOutput(
-            sequences=input_ids,
-            scores=tuple(all_scores) if record_scores else None,
-            logits=tuple(all_logits) if record_logits else None,
-            past_key_values=decoder.cache,
-        )
+        return _finish(input_ids, gc, streamer, all_scores, all_logits, decoder.cache)
 
     # ------------------------------------------------------------------ beam search
     def _beam_search(self, input_ids, attention_mask, logits_processor, stopping_criteria, generation_config,
@@ -465,16 +456,7 @@ class GenerationMixin:
             all_logits += [logits[i : i + 1] for i in range(matches + 1)]
             if bool(stopping_criteria(input_ids, tuple(all_scores)).all()):
                 break
-        if streamer is not None:
-            streamer.end()
-        if not gc.return_dict_in_generate:
-            return input_ids
-        return GenerateDecoderOnlyOutput(
-            sequences=input_ids,
-            scores=tuple(all_scores) if gc.output_scores else None,
-            logits=tuple(all_logits) if gc.output_logits else None,
-            past_key_values=decoder.cache,
-        )
+        return _finish(input_ids, gc, streamer, all_scores, all_logits, decoder.cache)
 
     # ------------------------------------------------------------------ scores of chosen tokens
     def compute_transition_scores(self, sequences, scores, beam_indices=None, normalize_logits: bool = False):
@@ -495,6 +477,20 @@ class GenerationMixin:
         indices = sequences[:, sequences.shape[-1] - length :] + beam_indices * vocab
         transition = np.take_along_axis(flat, indices, axis=0)
         return ms.Tensor(np.where(padding[:, :length], 0.0, transition).astype(np.float32))
+
+
+def _finish(sequences, generation_config, streamer, scores: list, logits: list, cache):
+    """Closes the streamer and returns the sequences, or HF's output object when return_dict_in_generate is set."""
+    if streamer is not None:
+        streamer.end()
+    if not generation_config.return_dict_in_generate:
+        return sequences
+    return GenerateDecoderOnlyOutput(
+        sequences=sequences,
+        scores=tuple(scores) if generation_config.output_scores else None,
+        logits=tuple(logits) if generation_config.output_logits else None,
+        past_key_values=cache,
+    )
 
 
 class _BeamSearchState:
