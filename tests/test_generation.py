@@ -152,3 +152,21 @@ def test_model_forward_returns_dynamic_cache(pair):
     out = model(input_ids=ms_tensor(random_ids(1, 4)), use_cache=True)
     assert isinstance(out.past_key_values, DynamicCache) and out.past_key_values.get_seq_length() == 4
     assert model(input_ids=ms_tensor(random_ids(1, 4)), use_cache=False).past_key_values is None
+
+
+def test_custom_processor_of_a_configured_type_replaces_it_like_transformers(pair, caplog, hf_logs):
+    """transformers 4.57 warns and lets the custom object take the configured one's place (before 4.50 it raised);
+    custom processors are merged before the sampling warpers are appended."""
+    from mindone.transformers import RepetitionPenaltyLogitsProcessor
+
+    reference, model = pair
+    ids = random_ids(2, 5, seed=12)
+    custom_hf = transformers.LogitsProcessorList([transformers.RepetitionPenaltyLogitsProcessor(3.0)])
+    expected = torch_generate(reference, ids, max_new_tokens=8, repetition_penalty=1.1, logits_processor=custom_hf)
+    theirs = [m for m in _warnings(caplog, "transformers.generation") if "custom logits processor" in m]
+    caplog.clear()
+    custom = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(3.0)])
+    ours = model.generate(ms_tensor(ids), max_new_tokens=8, repetition_penalty=1.1, logits_processor=custom)
+    mine = [m for m in _warnings(caplog, "mindone") if "custom logits processor" in m]
+    assert ours.asnumpy().tolist() == expected
+    assert len(theirs) == len(mine) == 1 and mine[0].split("<class")[0] == theirs[0].split("<class")[0]

@@ -193,3 +193,16 @@ def test_error_pickle_weights_refused(tiny_dir, tmp_path):
         LlamaForCausalLM.from_pretrained(target)
     message = _one_line(excinfo)
     assert "pickled PyTorch weights" in message and "safetensors" in message
+
+
+def test_repo_id_resolves_from_the_hub_cache_offline(tiny_dir, tmp_path):
+    """A repo id is looked up in huggingface_hub's cache layout (models--org--name/snapshots/<rev>) like transformers."""
+    repo = tmp_path / "hub" / "models--someone--tiny-llama"
+    snapshot = repo / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(tiny_dir, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123456789abcdef0123456789abcdef01234567")
+    model = AutoModelForCausalLM.from_pretrained("someone/tiny-llama", cache_dir=str(tmp_path / "hub"))
+    reference = LlamaForCausalLM.from_pretrained(tiny_dir)
+    ids = ms_tensor(random_ids(1, 4))
+    assert np.array_equal(model(input_ids=ids).logits.asnumpy(), reference(input_ids=ids).logits.asnumpy())
