@@ -115,10 +115,15 @@ class StaticCache(Cache, nn.Cell):
     def get_max_cache_shape(self) -> int:
         return self.max_cache_len
 
-    def attention_mask(self, padding_mask, cache_position, dtype):
-        """[batch, 1, queries, max_cache_len]: slot j is visible to the query in slot i when j <= i and the
-        token in slot j is not padding (`padding_mask` covers all max_cache_len slots)."""
-        visible = arange(self.max_cache_len).reshape(1, 1, 1, -1) <= cache_position.reshape(1, 1, -1, 1)
+    def attention_mask(self, padding_mask, cache_position, dtype, sliding_window):
+        """[batch, 1, queries, max_cache_len]: slot j is visible to the query in slot i when j <= i (and
+        j > i - sliding_window for windowed layers) and the token in slot j is not padding (`padding_mask` covers
+        all max_cache_len slots)."""
+        slots = arange(self.max_cache_len).reshape(1, 1, 1, -1)
+        queries = cache_position.reshape(1, 1, -1, 1)
+        visible = slots <= queries
+        if sliding_window is not None:
+            visible = mint.logical_and(visible, slots > queries - sliding_window)
         visible = mint.logical_and(visible, padding_mask.astype(ms.bool_).reshape(padding_mask.shape[0], 1, 1, -1))
         return mint.where(visible, ms.Tensor(0.0, dtype), ms.Tensor(dtype_min(dtype), dtype))
 

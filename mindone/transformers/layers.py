@@ -171,7 +171,8 @@ def attend(kernel: str, query, key, value, attention_mask, scaling: float):
 class Attention(nn.Cell):
     """Multi-head / grouped-query self-attention with rotary embeddings and a key/value cache."""
 
-    def __init__(self, config, layer_idx: int):
+    def __init__(self, config, layer_idx: int, qkv_bias=None, o_bias=None, qk_norm: bool = False):
+        """`qkv_bias` / `o_bias` default to config.attention_bias; `qk_norm` adds per-head RMSNorm on q and k."""
         super().__init__()
         self.layer_idx = layer_idx
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -179,11 +180,15 @@ class Attention(nn.Cell):
         self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
         self.scaling = self.head_dim**-0.5
         bias = getattr(config, "attention_bias", False)
+        qkv_bias, o_bias = bias if qkv_bias is None else qkv_bias, bias if o_bias is None else o_bias
         std = config.initializer_range
-        self.q_proj = Linear(config.hidden_size, self.num_heads * self.head_dim, bias, std)
-        self.k_proj = Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias, std)
-        self.v_proj = Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias, std)
-        self.o_proj = Linear(self.num_heads * self.head_dim, config.hidden_size, bias, std)
+        self.q_proj = Linear(config.hidden_size, self.num_heads * self.head_dim, qkv_bias, std)
+        self.k_proj = Linear(config.hidden_size, self.num_kv_heads * self.head_dim, qkv_bias, std)
+        self.v_proj = Linear(config.hidden_size, self.num_kv_heads * self.head_dim, qkv_bias, std)
+        self.o_proj = Linear(self.num_heads * self.head_dim, config.hidden_size, o_bias, std)
+        self.qk_norm = qk_norm
+        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if qk_norm else None
         requested = getattr(config, "_attn_implementation", None)
         self.attention_kernel = backend.attention_kernel(requested, _DEFAULTS["dtype"], self.head_dim)
         self.fused_rotary = backend.uses_fused_rotary()
@@ -198,6 +203,8 @@ class Attention(nn.Cell):
         query = self._heads(self.q_proj(hidden_states), self.num_heads)
         key = self._heads(self.k_proj(hidden_states), self.num_kv_heads)
         value = self._heads(self.v_proj(hidden_states), self.num_kv_heads)
+        if self.qk_norm:
+            query, key = self.q_norm(query), self.k_norm(key)
         cos, sin = position_embeddings
         query, key = apply_rotary_pos_emb(query, key, cos, sin, self.rotation, self.fused_rotary)
         if past_key_values is not None:

@@ -9,6 +9,9 @@ from transformers import AutoTokenizer as _HFAutoTokenizer
 # model_type -> (module under mindone.transformers.models, base model class, causal LM class)
 MODEL_CLASSES = {
     "llama": ("llama", "LlamaModel", "LlamaForCausalLM"),
+    "mistral": ("mistral", "MistralModel", "MistralForCausalLM"),
+    "qwen2": ("qwen2", "Qwen2Model", "Qwen2ForCausalLM"),
+    "qwen3": ("qwen3", "Qwen3Model", "Qwen3ForCausalLM"),
 }
 
 _HUB_KEYS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")

@@ -1,0 +1,192 @@
+"""The decoder-only transformer shared by Llama-like architectures: embeddings, pre-norm blocks (attention + MLP),
+final norm, rotary positions, causal / sliding-window masks and the LM head. An architecture subclasses these
+classes and states only what differs (config class, attention options, a different block)."""
+
+from typing import Optional
+
+import mindspore as ms
+from mindspore import nn, ops
+
+from .backend import arange
+from .cache_utils import DynamicCache
+from .generation import GenerationMixin
+from .layers import Attention, Embedding, GatedMLP, Linear, RMSNorm, RotaryEmbedding
+from .masking_utils import causal_mask
+from .modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from .modeling_utils import PreTrainedModel
+
+
+def layer_sliding_window(config, layer_idx: int) -> Optional[int]:
+    """The layer's attention window: from `layer_types` when the config has them, else the config-wide value."""
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return window if layer_types[layer_idx] == "sliding_attention" else None
+    return window
+
+
+class DecoderLayer(nn.Cell):
+    """x + attn(norm(x)), then + mlp(norm(x))."""
+
+    def __init__(self, config, layer_idx: int, attention_options: Optional[dict] = None):
+        super().__init__()
+        self.sliding_window = layer_sliding_window(config, layer_idx)
+        self.self_attn = Attention(config, layer_idx, **(attention_options or {}))
+        self.mlp = GatedMLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def construct(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, cache_position=None):
+        normed = self.input_layernorm(hidden_states)
+        attended = self.self_attn(normed, position_embeddings, attention_mask, past_key_values, cache_position)
+        hidden_states = hidden_states + attended
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+
+
+class DecoderPreTrainedModel(PreTrainedModel):
+    base_model_prefix = "model"
+    layer_class = DecoderLayer
+    attention_options: dict = {}
+
+
+class DecoderModel(DecoderPreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, std=config.initializer_range)
+        self.layers = nn.CellList(
+            [self.layer_class(config, i, self.attention_options) for i in range(config.num_hidden_layers)]
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(config)
+        windows = {layer.sliding_window for layer in self.layers}
+        self.sliding_window = max((w for w in windows if w is not None), default=None)
+
+    def _mask(self, attention_mask, past_key_values, cache_position, seq_length, past_length, dtype, window):
+        if past_key_values is not None and past_key_values.is_static:
+            return past_key_values.attention_mask(attention_mask, cache_position, dtype, window)
+        return causal_mask(attention_mask, seq_length, past_length, dtype, window)
+
+    def construct(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        use_cache: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        cache_position=None,
+        return_dict: bool = True,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache()
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        seq_length = inputs_embeds.shape[1]
+        if cache_position is None:
+            cache_position = arange(seq_length) + past_length
+        if position_ids is None:
+            position_ids = cache_position.expand_dims(0)
+        dtype = inputs_embeds.dtype
+        full_mask = self._mask(attention_mask, past_key_values, cache_position, seq_length, past_length, dtype, None)
+        sliding_mask = full_mask
+        if self.sliding_window is not None:
+            sliding_mask = self._mask(
+                attention_mask, past_key_values, cache_position, seq_length, past_length, dtype, self.sliding_window
+            )
+        position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
+
+        hidden_states, all_hidden_states = inputs_embeds, ()
+        cache = past_key_values if use_cache else None
+        for layer in self.layers:
+            all_hidden_states += (hidden_states,)
+            mask = full_mask if layer.sliding_window is None else sliding_mask
+            hidden_states = layer(hidden_states, position_embeddings, mask, cache, cache_position)
+        hidden_states = self.norm(hidden_states)
+        if not return_dict:  # plain tuples are what compiled graphs return best
+            return hidden_states, cache
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            past_key_values=cache,
+            hidden_states=all_hidden_states + (hidden_states,) if output_hidden_states else None,
+        )
+
+
+def causal_lm_loss(logits, labels, ignore_index: int = -100):
+    """Mean next-token cross entropy over labels that are not `ignore_index` (HF's shift-by-one convention)."""
+    logits, targets = logits[:, :-1].astype(ms.float32), labels[:, 1:]
+    valid = targets != ignore_index
+    log_probs = ops.log_softmax(logits, -1)
+    picked = ops.gather_elements(log_probs, -1, ops.where(valid, targets, 0).expand_dims(-1)).squeeze(-1)
+    return -(picked * valid.astype(ms.float32)).sum() / valid.sum().astype(ms.float32)
+
+
+class DecoderForCausalLM(DecoderPreTrainedModel, GenerationMixin):
+    base_model_class = DecoderModel
+    _tied_weights_keys = ["lm_head.weight"]
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = self.base_model_class(config)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False, std=config.initializer_range)
+        self.tie_weights()
+
+    def construct(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        labels=None,
+        use_cache: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        logits_to_keep: int = 0,
+        cache_position=None,
+        return_dict: bool = True,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            cache_position=cache_position,
+            return_dict=return_dict,
+        )
+        hidden_states = outputs[0]
+        if logits_to_keep:
+            hidden_states = hidden_states[:, -logits_to_keep:]
+        logits = self.lm_head(hidden_states)
+        if not return_dict:
+            return logits, outputs[1]
+        return CausalLMOutputWithPast(
+            loss=causal_lm_loss(logits, labels) if labels is not None else None,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+        )
+
+
+def decoder_architecture(prefix: str, config_class, module: str, attention_options: Optional[dict] = None):
+    """Hugging Face-named classes (<prefix>PreTrainedModel, <prefix>Model, <prefix>ForCausalLM) for an
+    architecture that is the shared decoder with `attention_options` (qkv_bias, o_bias, qk_norm)."""
+    layer = type(f"{prefix}DecoderLayer", (DecoderLayer,), {"__module__": module})
+    pretrained = type(
+        f"{prefix}PreTrainedModel",
+        (DecoderPreTrainedModel,),
+        {"__module__": module, "config_class": config_class, "layer_class": layer,
+         "attention_options": dict(attention_options or {}), "_no_split_modules": [layer.__name__]},  # fmt: skip
+    )
+    model = type(f"{prefix}Model", (pretrained, DecoderModel), {"__module__": module})
+    causal_lm = type(f"{prefix}ForCausalLM", (pretrained, DecoderForCausalLM), {"__module__": module, "base_model_class": model})
+    return layer, pretrained, model, causal_lm

@@ -1,0 +1,3 @@
+from .modeling_mistral import MistralForCausalLM, MistralModel, MistralPreTrainedModel
+
+__all__ = ["MistralForCausalLM", "MistralModel", "MistralPreTrainedModel"]
