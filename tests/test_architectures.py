@@ -18,6 +18,14 @@ CASES = {
     "qwen3": ("qwen3", dict(head_dim=16)),
     "qwen3_bias_sliding": ("qwen3", dict(attention_bias=True, use_sliding_window=True, sliding_window=6, max_window_layers=0)),
     "qwen3_tied": ("qwen3", dict(tie_word_embeddings=True)),
+    "gemma": ("gemma", dict(head_dim=16)),
+    "gemma2_softcap_sliding": ("gemma2", dict(head_dim=16, query_pre_attn_scalar=12, sliding_window=5,
+                                              attn_logit_softcapping=2.0, final_logit_softcapping=3.0)),  # fmt: skip
+    "gemma3_local_rope": ("gemma3_text", dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=4,
+                                              rope_local_base_freq=100.0, rope_theta=1e6,
+                                              layer_types=["sliding_attention", "full_attention"])),  # fmt: skip
+    "gemma3_linear_rope_softcap": ("gemma3_text", dict(head_dim=16, sliding_window=6, final_logit_softcapping=5.0,
+                                                       rope_scaling={"rope_type": "linear", "factor": 2.0})),  # fmt: skip
 }
 
 
@@ -26,7 +34,8 @@ def pair(request, tmp_path_factory):
     model_type, overrides = CASES[request.param]
     config = transformers.AutoConfig.for_model(model_type, **{**SMALL, **overrides})
     torch.manual_seed(0)
-    reference = transformers.AutoModelForCausalLM.from_config(config).eval()
+    # eager is transformers' reference math; its sdpa path silently skips Gemma 2's attention soft-capping
+    reference = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
     directory = tmp_path_factory.mktemp(request.param)
     reference.save_pretrained(directory)
     model = AutoModelForCausalLM.from_pretrained(str(directory))

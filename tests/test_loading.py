@@ -175,14 +175,14 @@ def test_error_unknown_model_type(tiny_dir, tmp_path):
     with pytest.raises(ValueError) as excinfo:
         AutoModelForCausalLM.from_pretrained(target)
     message = _one_line(excinfo)
-    assert "'no_such_arch'" in message and "supported: llama" in message
+    assert "'no_such_arch'" in message and "supported: gemma, gemma2, gemma3_text, llama, mistral, qwen2, qwen3" in message
 
 
 def test_error_known_but_unsupported_model_type(tmp_path):
     transformers.GPTNeoXConfig(hidden_size=32, num_attention_heads=4, num_hidden_layers=1).save_pretrained(tmp_path)
     with pytest.raises(ValueError) as excinfo:
         AutoModelForCausalLM.from_pretrained(tmp_path)
-    assert "'gpt_neox' is not supported; supported: llama" in _one_line(excinfo)
+    assert "'gpt_neox' is not supported; supported: gemma, gemma2, gemma3_text, llama, mistral" in _one_line(excinfo)
 
 
 def test_error_pickle_weights_refused(tiny_dir, tmp_path):

@@ -40,6 +40,11 @@ def linear(x: ms.Tensor, weight: ms.Tensor, bias=None) -> ms.Tensor:
     return out if bias is None else out + bias
 
 
+def gelu(x: ms.Tensor, approximate: str) -> ms.Tensor:
+    """mint's GeluExt kernel is not registered on CPU; ops.gelu is, on every backend."""
+    return ops.gelu(x, approximate=approximate)
+
+
 def embedding(ids: ms.Tensor, weight: ms.Tensor) -> ms.Tensor:
     return ops.gather(weight, ids, 0)
 

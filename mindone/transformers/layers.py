@@ -13,11 +13,20 @@ from mindspore.common.initializer import Normal, initializer
 from . import backend
 from .modeling_rope_utils import compute_inv_freq, rope_type_of
 
-ACT2FN = {
+def gelu_tanh(x):
+    return backend.gelu(x, "tanh")
+
+
+def gelu(x):
+    return backend.gelu(x, "none")
+
+
+ACT2FN = {  # named functions, not lambdas: compiled graphs parse their source
     "silu": mint.nn.functional.silu,
     "swish": mint.nn.functional.silu,
-    "gelu": lambda x: mint.nn.functional.gelu(x),
-    "gelu_pytorch_tanh": lambda x: mint.nn.functional.gelu(x, approximate="tanh"),
+    "gelu": gelu,
+    "gelu_pytorch_tanh": gelu_tanh,
+    "gelu_new": gelu_tanh,
     "relu": mint.nn.functional.relu,
 }
 
@@ -78,13 +87,15 @@ class Embedding(nn.Cell):
 
 
 class RMSNorm(nn.Cell):
-    """Normalises in float32, then scales by `weight` in the input dtype (Llama's order of casts)."""
+    """Normalises in float32, then scales by `weight` in the input dtype (Llama's order of casts). With
+    `unit_offset` (Gemma) the scale is (1 + weight), applied in float32 before casting back."""
 
-    def __init__(self, hidden_size: int, eps: float = 1e-6):
+    def __init__(self, hidden_size: int, eps: float = 1e-6, unit_offset: bool = False):
         super().__init__()
-        self.weight = _param((hidden_size,), "ones")
+        self.weight = _param((hidden_size,), "zeros" if unit_offset else "ones")
         self.variance_epsilon = eps
-        self.fused = backend.uses_fused_norm()
+        self.unit_offset = unit_offset
+        self.fused = backend.uses_fused_norm() and not unit_offset
 
     def construct(self, hidden_states):
         if self.fused:
@@ -93,6 +104,8 @@ class RMSNorm(nn.Cell):
         hidden_states = _cast(hidden_states, ms.float32)
         variance = mint.mean(hidden_states * hidden_states, -1, keepdim=True)
         hidden_states = hidden_states * mint.rsqrt(variance + self.variance_epsilon)
+        if self.unit_offset:
+            return _cast(hidden_states * (1.0 + _cast(self.weight, ms.float32)), input_dtype)
         return self.weight * _cast(hidden_states, input_dtype)
 
 
@@ -144,7 +157,7 @@ def apply_rotary_pos_emb(q, k, cos, sin, rotation, fused: bool = False):
     return q * cos + mint.matmul(q, rotation) * sin, k * cos + mint.matmul(k, rotation) * sin
 
 
-def eager_attention(query, key, value, attention_mask, scaling: float):
+def eager_attention(query, key, value, attention_mask, scaling: float, softcap=None):
     """softmax(q k^T * scaling + mask) v with the softmax in float32; returns [batch, seq, heads, head_dim].
 
     Grouped-query attention folds the query heads that share a key/value head into the sequence axis instead of
@@ -154,6 +167,8 @@ def eager_attention(query, key, value, attention_mask, scaling: float):
     group = heads // kv_heads
     grouped = query.reshape(batch, kv_heads, group * seq, head_dim)
     scores = mint.matmul(grouped, key.swapaxes(2, 3)) * scaling
+    if softcap is not None:
+        scores = mint.tanh(scores / softcap) * softcap
     if attention_mask is not None:
         scores = scores.reshape(batch, kv_heads, group, seq, kv_len) + attention_mask.expand_dims(2)
     probs = mint.softmax(_cast(scores.reshape(batch, kv_heads, group * seq, kv_len), ms.float32), dim=-1)
@@ -161,24 +176,28 @@ def eager_attention(query, key, value, attention_mask, scaling: float):
     return output.reshape(batch, heads, seq, head_dim).swapaxes(1, 2)
 
 
-def attend(kernel: str, query, key, value, attention_mask, scaling: float):
+def attend(kernel: str, query, key, value, attention_mask, scaling: float, softcap):
     """Runs the attention kernel that backend.attention_kernel chose for this model."""
     if kernel == "flash":
         return backend.flash_attention(query, key, value, attention_mask, scaling)
-    return eager_attention(query, key, value, attention_mask, scaling)
+    return eager_attention(query, key, value, attention_mask, scaling, softcap)
 
 
 class Attention(nn.Cell):
     """Multi-head / grouped-query self-attention with rotary embeddings and a key/value cache."""
 
-    def __init__(self, config, layer_idx: int, qkv_bias=None, o_bias=None, qk_norm: bool = False):
-        """`qkv_bias` / `o_bias` default to config.attention_bias; `qk_norm` adds per-head RMSNorm on q and k."""
+    def __init__(self, config, layer_idx: int, qkv_bias=None, o_bias=None, qk_norm: bool = False,
+                 unit_offset_norm: bool = False):  # fmt: skip
+        """`qkv_bias` / `o_bias` default to config.attention_bias; `qk_norm` adds per-head RMSNorm on q and k.
+        Read from the config when present: query_pre_attn_scalar (scaling) and attn_logit_softcapping."""
         super().__init__()
         self.layer_idx = layer_idx
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
-        self.scaling = self.head_dim**-0.5
+        query_scalar = getattr(config, "query_pre_attn_scalar", None)
+        self.scaling = (query_scalar or self.head_dim) ** -0.5
+        self.softcap = getattr(config, "attn_logit_softcapping", None)
         bias = getattr(config, "attention_bias", False)
         qkv_bias, o_bias = bias if qkv_bias is None else qkv_bias, bias if o_bias is None else o_bias
         std = config.initializer_range
@@ -187,9 +206,9 @@ class Attention(nn.Cell):
         self.v_proj = Linear(config.hidden_size, self.num_kv_heads * self.head_dim, qkv_bias, std)
         self.o_proj = Linear(self.num_heads * self.head_dim, config.hidden_size, o_bias, std)
         self.qk_norm = qk_norm
-        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if qk_norm else None
-        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if qk_norm else None
-        requested = getattr(config, "_attn_implementation", None)
+        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, unit_offset_norm) if qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, unit_offset_norm) if qk_norm else None
+        requested = "eager" if self.softcap is not None else getattr(config, "_attn_implementation", None)
         self.attention_kernel = backend.attention_kernel(requested, _DEFAULTS["dtype"], self.head_dim)
         self.fused_rotary = backend.uses_fused_rotary()
         self.rotation = rotate_half_matrix(self.head_dim, _DEFAULTS["dtype"])
@@ -209,21 +228,21 @@ class Attention(nn.Cell):
         query, key = apply_rotary_pos_emb(query, key, cos, sin, self.rotation, self.fused_rotary)
         if past_key_values is not None:
             key, value = past_key_values.update(key, value, self.layer_idx, {"cache_position": cache_position})
-        output = attend(self.attention_kernel, query, key, value, attention_mask, self.scaling)
+        output = attend(self.attention_kernel, query, key, value, attention_mask, self.scaling, self.softcap)
         return self.o_proj(output.reshape(batch, seq, -1))
 
 
 class GatedMLP(nn.Cell):
-    """down(act(gate(x)) * up(x))."""
+    """down(act(gate(x)) * up(x)); the activation is named by the config field `activation_key`."""
 
-    def __init__(self, config):
+    def __init__(self, config, activation_key: str = "hidden_act"):
         super().__init__()
         bias = getattr(config, "mlp_bias", False)
         std = config.initializer_range
         self.gate_proj = Linear(config.hidden_size, config.intermediate_size, bias, std)
         self.up_proj = Linear(config.hidden_size, config.intermediate_size, bias, std)
         self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias, std)
-        self.act_fn = get_activation(config.hidden_act)
+        self.act_fn = get_activation(getattr(config, activation_key))
 
     def construct(self, x):
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))

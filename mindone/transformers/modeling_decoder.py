@@ -2,10 +2,11 @@
 final norm, rotary positions, causal / sliding-window masks and the LM head. An architecture subclasses these
 classes and states only what differs (config class, attention options, a different block)."""
 
+import copy
 from typing import Optional
 
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import mint, nn, ops
 
 from .backend import arange
 from .cache_utils import DynamicCache
@@ -26,15 +27,20 @@ def layer_sliding_window(config, layer_idx: int) -> Optional[int]:
 
 
 class DecoderLayer(nn.Cell):
-    """x + attn(norm(x)), then + mlp(norm(x))."""
+    """x + attn(norm(x)), then + mlp(norm(x)). `options` is the model class, whose attributes say how the
+    architecture configures attention, norms and the MLP activation."""
 
-    def __init__(self, config, layer_idx: int, attention_options: Optional[dict] = None):
+    def __init__(self, config, layer_idx: int, options):
         super().__init__()
         self.sliding_window = layer_sliding_window(config, layer_idx)
-        self.self_attn = Attention(config, layer_idx, **(attention_options or {}))
-        self.mlp = GatedMLP(config)
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer_idx, unit_offset_norm=options.unit_offset_norm, **options.attention_options)
+        self.mlp = GatedMLP(config, options.activation_key)
+        self.input_layernorm = self.norm(config, options)
+        self.post_attention_layernorm = self.norm(config, options)
+
+    @staticmethod
+    def norm(config, options) -> RMSNorm:
+        return RMSNorm(config.hidden_size, config.rms_norm_eps, options.unit_offset_norm)
 
     def construct(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, cache_position=None):
         normed = self.input_layernorm(hidden_states)
@@ -47,6 +53,9 @@ class DecoderPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     layer_class = DecoderLayer
     attention_options: dict = {}
+    unit_offset_norm = False  # Gemma's (1 + weight) RMSNorm
+    activation_key = "hidden_act"  # the config field naming the MLP activation
+    scale_embeddings = False  # multiply embeddings by sqrt(hidden_size)
 
 
 class DecoderModel(DecoderPreTrainedModel):
@@ -54,13 +63,13 @@ class DecoderModel(DecoderPreTrainedModel):
         super().__init__(config)
         self.padding_idx = config.pad_token_id
         self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, std=config.initializer_range)
-        self.layers = nn.CellList(
-            [self.layer_class(config, i, self.attention_options) for i in range(config.num_hidden_layers)]
-        )
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.layers = nn.CellList([self.layer_class(config, i, type(self)) for i in range(config.num_hidden_layers)])
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, self.unit_offset_norm)
         self.rotary_emb = RotaryEmbedding(config)
+        self.rotary_emb_local = _local_rotary(config)
         windows = {layer.sliding_window for layer in self.layers}
         self.sliding_window = max((w for w in windows if w is not None), default=None)
+        self.embed_scale = config.hidden_size**0.5
 
     def _mask(self, attention_mask, past_key_values, cache_position, seq_length, past_length, dtype, window):
         if past_key_values is not None and past_key_values.is_static:
@@ -84,6 +93,8 @@ class DecoderModel(DecoderPreTrainedModel):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
+        if self.scale_embeddings:
+            inputs_embeds = inputs_embeds * ms.Tensor(self.embed_scale, inputs_embeds.dtype)
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache()
@@ -100,14 +111,17 @@ class DecoderModel(DecoderPreTrainedModel):
             sliding_mask = self._mask(
                 attention_mask, past_key_values, cache_position, seq_length, past_length, dtype, self.sliding_window
             )
-        position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
+        global_rope = self.rotary_emb(inputs_embeds, position_ids)
+        local_rope = self.rotary_emb_local(inputs_embeds, position_ids) if self.rotary_emb_local is not None else global_rope
 
         hidden_states, all_hidden_states = inputs_embeds, ()
         cache = past_key_values if use_cache else None
         for layer in self.layers:
             all_hidden_states += (hidden_states,)
-            mask = full_mask if layer.sliding_window is None else sliding_mask
-            hidden_states = layer(hidden_states, position_embeddings, mask, cache, cache_position)
+            if layer.sliding_window is None:
+                hidden_states = layer(hidden_states, global_rope, full_mask, cache, cache_position)
+            else:
+                hidden_states = layer(hidden_states, local_rope, sliding_mask, cache, cache_position)
         hidden_states = self.norm(hidden_states)
         if not return_dict:  # plain tuples are what compiled graphs return best
             return hidden_states, cache
@@ -116,6 +130,17 @@ class DecoderModel(DecoderPreTrainedModel):
             past_key_values=cache,
             hidden_states=all_hidden_states + (hidden_states,) if output_hidden_states else None,
         )
+
+
+def _local_rotary(config) -> Optional[RotaryEmbedding]:
+    """Sliding-window layers with their own rope base (`rope_local_base_freq`, Gemma 3) get a default-scaled
+    rotary embedding at that base; everywhere else all layers share one."""
+    base = getattr(config, "rope_local_base_freq", None)
+    if base is None:
+        return None
+    local = copy.deepcopy(config)
+    local.rope_theta, local.rope_scaling = base, {"rope_type": "default"}
+    return RotaryEmbedding(local)
 
 
 def causal_lm_loss(logits, labels, ignore_index: int = -100):
@@ -135,6 +160,7 @@ class DecoderForCausalLM(DecoderPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = self.base_model_class(config)
         self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False, std=config.initializer_range)
+        self.final_logit_softcapping = getattr(config, "final_logit_softcapping", None)
         self.tie_weights()
 
     def construct(
@@ -167,6 +193,8 @@ class DecoderForCausalLM(DecoderPreTrainedModel, GenerationMixin):
         if logits_to_keep:
             hidden_states = hidden_states[:, -logits_to_keep:]
         logits = self.lm_head(hidden_states)
+        if self.final_logit_softcapping is not None:
+            logits = mint.tanh(logits / self.final_logit_softcapping) * self.final_logit_softcapping
         if not return_dict:
             return logits, outputs[1]
         return CausalLMOutputWithPast(
@@ -177,16 +205,18 @@ class DecoderForCausalLM(DecoderPreTrainedModel, GenerationMixin):
         )
 
 
-def decoder_architecture(prefix: str, config_class, module: str, attention_options: Optional[dict] = None):
-    """Hugging Face-named classes (<prefix>PreTrainedModel, <prefix>Model, <prefix>ForCausalLM) for an
-    architecture that is the shared decoder with `attention_options` (qkv_bias, o_bias, qk_norm)."""
-    layer = type(f"{prefix}DecoderLayer", (DecoderLayer,), {"__module__": module})
+def decoder_architecture(prefix: str, config_class, module: str, layer_base=DecoderLayer, model_name=None, **options):
+    """Hugging Face-named classes (<prefix>DecoderLayer, <prefix>PreTrainedModel, <prefix>Model,
+    <prefix>ForCausalLM) for an architecture that is the shared decoder with `options` (attention_options,
+    unit_offset_norm, activation_key, scale_embeddings: the DecoderPreTrainedModel attributes). `model_name`
+    overrides the base model's class name where Hugging Face's differs (Gemma3TextModel)."""
+    layer = type(f"{prefix}DecoderLayer", (layer_base,), {"__module__": module})
     pretrained = type(
         f"{prefix}PreTrainedModel",
         (DecoderPreTrainedModel,),
         {"__module__": module, "config_class": config_class, "layer_class": layer,
-         "attention_options": dict(attention_options or {}), "_no_split_modules": [layer.__name__]},  # fmt: skip
+         "_no_split_modules": [layer.__name__], **options},  # fmt: skip
     )
-    model = type(f"{prefix}Model", (pretrained, DecoderModel), {"__module__": module})
+    model = type(model_name or f"{prefix}Model", (pretrained, DecoderModel), {"__module__": module})
     causal_lm = type(f"{prefix}ForCausalLM", (pretrained, DecoderForCausalLM), {"__module__": module, "base_model_class": model})
     return layer, pretrained, model, causal_lm

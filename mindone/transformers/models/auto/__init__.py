@@ -9,6 +9,9 @@ from transformers import AutoTokenizer as _HFAutoTokenizer
 # model_type -> (module under mindone.transformers.models, base model class, causal LM class)
 MODEL_CLASSES = {
     "llama": ("llama", "LlamaModel", "LlamaForCausalLM"),
+    "gemma": ("gemma", "GemmaModel", "GemmaForCausalLM"),
+    "gemma2": ("gemma2", "Gemma2Model", "Gemma2ForCausalLM"),
+    "gemma3_text": ("gemma3", "Gemma3TextModel", "Gemma3ForCausalLM"),
     "mistral": ("mistral", "MistralModel", "MistralForCausalLM"),
     "qwen2": ("qwen2", "Qwen2Model", "Qwen2ForCausalLM"),
     "qwen3": ("qwen3", "Qwen3Model", "Qwen3ForCausalLM"),
