@@ -14,6 +14,9 @@ SMALL = {**TINY, "max_position_embeddings": 64}
 CASES = {
     "mistral_sliding_window": ("mistral", dict(sliding_window=5)),
     "qwen2": ("qwen2", dict()),
+    "qwen2_yarn": ("qwen2", dict(rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16})),
+    "mistral_yarn_mscale": ("mistral", dict(head_dim=8, rope_scaling={"rope_type": "yarn", "factor": 2.0, "mscale": 0.8,
+                                                          "mscale_all_dim": 0.5, "beta_fast": 16, "beta_slow": 2})),  # fmt: skip
     "qwen2_mixed_sliding_layers": ("qwen2", dict(use_sliding_window=True, sliding_window=4, max_window_layers=1)),
     "qwen3": ("qwen3", dict(head_dim=16)),
     "qwen3_bias_sliding": ("qwen3", dict(attention_bias=True, use_sliding_window=True, sliding_window=6, max_window_layers=0)),

@@ -14,6 +14,10 @@ CONFIGS = {
     "head_dim": dict(head_dim=16),
     "rope_linear": dict(rope_scaling={"rope_type": "linear", "factor": 2.0}),
     "rope_dynamic": dict(rope_scaling={"rope_type": "dynamic", "factor": 2.0}, max_position_embeddings=16),
+    "rope_longrope": dict(
+        rope_scaling={"rope_type": "longrope", "short_factor": [1.0, 1.3, 1.7, 2.0], "long_factor": [2.0, 3.0, 5.0, 7.0]},
+        max_position_embeddings=32, original_max_position_embeddings=16, head_dim=8,
+    ),
     "rope_llama3": dict(
         rope_scaling={
             "rope_type": "llama3",

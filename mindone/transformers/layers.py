@@ -11,7 +11,7 @@ from mindspore import Parameter, mint, nn
 from mindspore.common.initializer import Normal, initializer
 
 from . import backend
-from .modeling_rope_utils import compute_inv_freq, rope_type_of
+from .modeling_rope_utils import compute_inv_freq, original_context, rope_type_of
 
 def gelu_tanh(x):
     return backend.gelu(x, "tanh")
@@ -122,6 +122,11 @@ class RotaryEmbedding(nn.Cell):
         self.inv_freq = self.original_inv_freq
         self.original_max_seq_len = self.max_seq_len_cached = config.max_position_embeddings
 
+    def _longrope_update(self, position_ids):
+        long = int(position_ids.max()) + 1 > original_context(self.config)
+        inv_freq, self.attention_scaling = compute_inv_freq(self.config, original_context(self.config) + 1 if long else None)
+        self.inv_freq = ms.Tensor(inv_freq)
+
     def _dynamic_update(self, position_ids):
         seq_len = int(position_ids.max()) + 1
         if seq_len > self.max_seq_len_cached:
@@ -133,6 +138,8 @@ class RotaryEmbedding(nn.Cell):
     def construct(self, x, position_ids):
         if self.rope_type == "dynamic":
             self._dynamic_update(position_ids)
+        if self.rope_type == "longrope":
+            self._longrope_update(position_ids)
         freqs = position_ids.astype(ms.float32).expand_dims(-1) * self.inv_freq.reshape(1, 1, -1)
         emb = mint.cat([freqs, freqs], dim=-1).expand_dims(1)
         cos = mint.cos(emb) * self.attention_scaling

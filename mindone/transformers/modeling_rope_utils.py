@@ -47,7 +47,69 @@ def _llama3(config, seq_len=None):
     return np.where(is_medium, smoothed, scaled).astype(np.float32), scaling
 
 
-ROPE_INIT_FUNCTIONS = {"default": _default, "linear": _linear, "dynamic": _dynamic, "llama3": _llama3}
+def _yarn_mscale(scale, mscale=1.0) -> float:
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def _yarn(config, seq_len=None):
+    """YaRN: interpolate low frequencies, keep high ones, ramp in between; cos/sin scaled by the attention factor."""
+    params, base, dim = config.rope_scaling, config.rope_theta, _rotary_dim(config)
+    factor = params["factor"]
+    original = params.get("original_max_position_embeddings") or config.max_position_embeddings
+    attention_factor = params.get("attention_factor")
+    if attention_factor is None:
+        mscale, mscale_all_dim = params.get("mscale"), params.get("mscale_all_dim")
+        if mscale and mscale_all_dim:
+            attention_factor = float(_yarn_mscale(factor, mscale) / _yarn_mscale(factor, mscale_all_dim))
+        else:
+            attention_factor = _yarn_mscale(factor)
+
+    def correction_dim(rotations):
+        return (dim * math.log(original / (rotations * 2 * math.pi))) / (2 * math.log(base))
+
+    low, high = correction_dim(params.get("beta_fast") or 32), correction_dim(params.get("beta_slow") or 1)
+    if params.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    high = high + 0.001 if low == high else high
+    ramp = np.clip((np.arange(dim // 2, dtype=np.float32) - low) / (high - low), 0, 1).astype(np.float32)
+    extrapolation_weight = np.float32(1) - ramp
+    pos_freqs = np.float32(base) ** (np.arange(0, dim, 2).astype(np.float32) / np.float32(dim))
+    extrapolated, interpolated = np.float32(1) / pos_freqs, np.float32(1) / (np.float32(factor) * pos_freqs)
+    inv_freq = interpolated * (1 - extrapolation_weight) + extrapolated * extrapolation_weight
+    return inv_freq.astype(np.float32), attention_factor
+
+
+def _longrope(config, seq_len=None):
+    """LongRoPE (Phi-3): per-dimension rescaling, `long_factor` beyond the original context, `short_factor` within."""
+    params, dim = config.rope_scaling, _rotary_dim(config)
+    factor, attention_factor = params.get("factor"), params.get("attention_factor")
+    original = getattr(config, "original_max_position_embeddings", None)
+    if original:
+        factor = config.max_position_embeddings / original
+    else:
+        original = config.max_position_embeddings
+    if attention_factor is None:
+        attention_factor = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+    ext = np.asarray(params["long_factor"] if seq_len and seq_len > original else params["short_factor"], np.float32)
+    exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
+    return (np.float32(1) / (ext * np.float32(config.rope_theta) ** exponents)).astype(np.float32), attention_factor
+
+
+def original_context(config) -> int:
+    return getattr(config, "original_max_position_embeddings", None) or config.max_position_embeddings
+
+
+ROPE_INIT_FUNCTIONS = {
+    "default": _default,
+    "linear": _linear,
+    "dynamic": _dynamic,
+    "llama3": _llama3,
+    "yarn": _yarn,
+    "longrope": _longrope,
+}
+# types whose frequencies depend on the current sequence length (recomputed on the host between forwards)
+HOST_UPDATED_ROPE = {"dynamic", "longrope"}
 
 
 def rope_type_of(config) -> str:

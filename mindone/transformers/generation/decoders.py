@@ -12,7 +12,7 @@ from mindspore import mint, nn
 
 from .. import backend
 from ..cache_utils import Cache, DynamicCache, StaticCache
-from ..modeling_rope_utils import rope_type_of
+from ..modeling_rope_utils import HOST_UPDATED_ROPE, rope_type_of
 
 PREFILL_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 MIN_CACHE_LENGTH = 256
@@ -101,10 +101,10 @@ class StaticDecoder:
     """Compiled prefill (prompt left-padded to a bucket) then compiled one-token decode steps."""
 
     def __init__(self, model, generation_config, batch: int, input_length: int, cache: Optional[StaticCache] = None):
-        if rope_type_of(model.config) == "dynamic":
+        if rope_type_of(model.config) in HOST_UPDATED_ROPE:
             raise ValueError(
-                "dynamic rope scaling recomputes frequencies from the sequence length on the host, which a compiled "
-                "static-cache step cannot do; generate without cache_implementation='static'"
+                f"{rope_type_of(model.config)} rope scaling recomputes frequencies from the sequence length on the "
+                "host, which a compiled static-cache step cannot do; generate without cache_implementation='static'"
             )
         new_tokens = generation_config.max_length - input_length
         self.bucket = prefill_bucket(input_length)
