@@ -170,3 +170,38 @@ def test_custom_processor_of_a_configured_type_replaces_it_like_transformers(pai
     mine = [m for m in _warnings(caplog, "mindone") if "custom logits processor" in m]
     assert ours.asnumpy().tolist() == expected
     assert len(theirs) == len(mine) == 1 and mine[0].split("<class")[0] == theirs[0].split("<class")[0]
+
+
+@pytest.mark.parametrize("saved_by", ["4.37.0", "4.57.1"])
+@pytest.mark.parametrize("use_model_defaults", [None, True, False])
+def test_model_defaults_merge_like_transformers(pair, tmp_path, saved_by, use_model_defaults):
+    """A passed GenerationConfig takes the model's generation_config.json values only when transformers would
+    (saved by >= 4.50, or use_model_defaults=True); otherwise only the special tokens are filled in."""
+    reference, _ = pair
+    reference.generation_config.repetition_penalty = 3.0
+    reference.generation_config.eos_token_id = 7
+    reference.save_pretrained(tmp_path)
+    reference.generation_config.repetition_penalty, reference.generation_config.eos_token_id = 1.0, 2
+    config_file = tmp_path / "generation_config.json"
+    config_file.write_text(config_file.read_text().replace('"4.57.1"', f'"{saved_by}"'))
+    theirs = transformers.LlamaForCausalLM.from_pretrained(tmp_path).eval()
+    ours = LlamaForCausalLM.from_pretrained(tmp_path)
+    ids = random_ids(2, 5, seed=14)
+    passed = GenerationConfig(max_new_tokens=10)
+    expected = torch_generate(theirs, ids, generation_config=passed, use_model_defaults=use_model_defaults)
+    got = ours.generate(ms_tensor(ids), generation_config=passed, use_model_defaults=use_model_defaults)
+    assert got.asnumpy().tolist() == expected
+
+
+def test_past_key_values_inputs_like_transformers(pair):
+    """A legacy tuple cache is converted; a cache together with cache_implementation is refused (HF's error)."""
+    from mindone.transformers import DynamicCache
+
+    _, model = pair
+    ids = ms_tensor(random_ids(1, 6, seed=15))
+    expected = model.generate(ids, max_new_tokens=5).asnumpy().tolist()
+    prefix = model(input_ids=ids[:, :5], use_cache=True).past_key_values
+    legacy = prefix.to_legacy_cache()
+    assert model.generate(ids, max_new_tokens=5, past_key_values=legacy).asnumpy().tolist() == expected
+    with pytest.raises(ValueError, match="Passing both `cache_implementation`"):
+        model.generate(ids, max_new_tokens=5, past_key_values=DynamicCache(), cache_implementation="static")

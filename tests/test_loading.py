@@ -206,3 +206,10 @@ def test_repo_id_resolves_from_the_hub_cache_offline(tiny_dir, tmp_path):
     reference = LlamaForCausalLM.from_pretrained(tiny_dir)
     ids = ms_tensor(random_ids(1, 4))
     assert np.array_equal(model(input_ids=ids).logits.asnumpy(), reference(input_ids=ids).logits.asnumpy())
+
+
+def test_auto_class_keeps_loading_arguments(tiny_dir):
+    model, info = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype="float16", output_loading_info=True)
+    assert model.dtype == ms.float16 and info["missing_keys"] == []
+    assert AutoModelForCausalLM.from_pretrained(tiny_dir, torch_dtype="float16").dtype == ms.float16
+    assert LlamaForCausalLM.from_pretrained(tiny_dir, torch_dtype="float16").dtype == ms.float16

@@ -65,7 +65,7 @@ def cumsum(x: ms.Tensor, axis: int) -> ms.Tensor:
 
 
 def arange(n: int) -> ms.Tensor:
-    """int32 0..n-1 (no default arguments: graph mode does not fill them in for plain functions)."""
+    """int32 0..n-1 (mint.arange has no PyNative CPU kernel)."""
     return ops.arange(0, n, dtype=ms.int32)
 
 

@@ -131,8 +131,3 @@ class StaticCache(Cache, nn.Cell):
         """Select batch rows (beam search), in place."""
         for buffer in tuple(self.keys) + tuple(self.values):
             ops.assign(buffer, ops.gather(buffer, beam_idx, 1))
-
-    def reset(self) -> None:
-        for buffer in tuple(self.keys) + tuple(self.values):
-            buffer.set_data(ms.Tensor(np.zeros(buffer.shape), buffer.dtype))
-        self.seen_tokens = 0

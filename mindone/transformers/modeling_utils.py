@@ -184,6 +184,8 @@ class PreTrainedModel(nn.Cell):
         **kwargs,
     ):
         path = str(pretrained_model_name_or_path)
+        if "torch_dtype" in kwargs:  # transformers' deprecated spelling of `dtype`
+            dtype = kwargs.pop("torch_dtype") if dtype is None else dtype
         hub_kwargs = dict(
             cache_dir=cache_dir,
             force_download=force_download,

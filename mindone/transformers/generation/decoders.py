@@ -152,10 +152,11 @@ class StaticDecoder:
 
 
 def _cached_step_for(model, cache: StaticCache) -> _CompiledStep:
-    steps = model.__dict__.setdefault("_user_cache_steps", {})
-    if id(cache) not in steps:
-        steps[id(cache)] = _CompiledStep(model, cache)
-    return steps[id(cache)]
+    """A user's StaticCache keeps its own compiled step (per model), so it lives and dies with the cache."""
+    steps = cache.__dict__.setdefault("_compiled_steps", {})
+    if id(model) not in steps:
+        steps[id(model)] = _CompiledStep(model, cache)
+    return steps[id(model)]
 
 
 def make_decoder(model, generation_config, batch: int, input_length: int, cache: Optional[Cache] = None):

@@ -14,11 +14,12 @@ from typing import Any, Callable, Optional
 import mindspore as ms
 import numpy as np
 from mindspore import mint, ops
+from packaging import version
 from transformers.generation.configuration_utils import GenerationMode
 from transformers.utils import ModelOutput
 
 from .. import backend
-from ..cache_utils import Cache
+from ..cache_utils import Cache, DynamicCache
 from . import logits_process as lp
 from .candidate_generator import get_candidate_generator, speculative_sampling
 from .configuration_utils import GenerationConfig
@@ -93,21 +94,41 @@ class GenerationMixin:
             generation_config = copy.deepcopy(self.generation_config)
         else:
             generation_config = copy.deepcopy(generation_config)
-            if use_model_defaults is not False:
-                self._fill_model_defaults(generation_config)
+            if use_model_defaults is True or (use_model_defaults is None and self._saved_with_model_defaults()):
+                self._fill_model_defaults(generation_config, warn=use_model_defaults is None)
+            else:
+                self._fill_special_tokens(generation_config)
         model_kwargs = generation_config.update(**kwargs)
         generation_config.validate()
         return generation_config, model_kwargs
 
-    def _fill_model_defaults(self, generation_config: GenerationConfig) -> None:
+    def _saved_with_model_defaults(self) -> bool:
+        """transformers merges model defaults into a passed config only for generation configs saved by >= 4.50."""
+        saved_by = version.parse(self.generation_config.transformers_version or "0")
+        return version.parse(saved_by.base_version) >= version.parse("4.50.0")
+
+    def _fill_model_defaults(self, generation_config: GenerationConfig, warn: bool) -> None:
         """Values the user left at the library default take the model's own generation_config.json value."""
-        defaults = GenerationConfig()
+        defaults, modified = GenerationConfig(), {}
         for key, model_value in self.generation_config.__dict__.items():
             if key.startswith("_") or key == "transformers_version":
                 continue
             default = getattr(defaults, key, None)
             if getattr(generation_config, key, None) == default and model_value != default:
+                modified[key] = model_value
                 setattr(generation_config, key, model_value)
+        if generation_config.temperature == 0.0:  # temperature 0 means greedy even where the model samples
+            generation_config.do_sample = False
+        if warn and modified:
+            logger.warning(
+                f"`generation_config` default values have been modified to match model-specific defaults: "
+                f"{modified}. If this is not desired, please set these values explicitly."
+            )
+
+    def _fill_special_tokens(self, generation_config: GenerationConfig) -> None:
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
+            if getattr(generation_config, key) is None:
+                setattr(generation_config, key, getattr(self.generation_config, key))
 
     @staticmethod
     def _validate_model_kwargs(model_kwargs: dict) -> None:
@@ -325,18 +346,27 @@ class GenerationMixin:
         processors = self._get_logits_processor(generation_config, input_length, prefix_allowed_tokens_fn, logits_processor)
         criteria = self._get_stopping_criteria(generation_config, stopping_criteria, tokenizer)
         cache = model_kwargs.get("past_key_values")
-        if streamer is not None:
-            streamer.put(input_ids)
+        if isinstance(cache, (tuple, list)):  # legacy ((key, value), ...) per layer, converted as transformers does
+            cache = DynamicCache.from_legacy_cache(cache)
+        if cache is not None and generation_config.cache_implementation is not None:
+            raise ValueError(
+                "Passing both `cache_implementation` (used to initialize certain caches) and `past_key_values` (a "
+                "Cache object) is unsupported. Please use only one of the two."
+            )
 
         if mode in (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE):
             times = generation_config.num_return_sequences
-            return self._sample(_repeat_rows(input_ids, times), _repeat_rows(attention_mask, times), processors, criteria,
-                                generation_config, streamer, cache)  # fmt: skip
+            input_ids, attention_mask = _repeat_rows(input_ids, times), _repeat_rows(attention_mask, times)
+            if streamer is not None:
+                streamer.put(input_ids)
+            return self._sample(input_ids, attention_mask, processors, criteria, generation_config, streamer, cache)
         if mode in (GenerationMode.BEAM_SEARCH, GenerationMode.BEAM_SAMPLE):
             times = generation_config.num_beams
             return self._beam_search(_repeat_rows(input_ids, times), _repeat_rows(attention_mask, times), processors,
                                      criteria, generation_config, cache)  # fmt: skip
         if mode == GenerationMode.ASSISTED_GENERATION:
+            if streamer is not None:
+                streamer.put(input_ids)
             return self._assisted_decoding(input_ids, attention_mask, processors, criteria, generation_config,
                                            streamer, assistant_model)  # fmt: skip
         raise NotImplementedError(

@@ -59,18 +59,15 @@ class _AutoModel:
         elif config is None:
             hub_kwargs = {key: kwargs.pop(key) for key in _HUB_KEYS if key in kwargs}
             _check_location(path, hub_kwargs)
-            config, kwargs = load_config(path, hub_kwargs, **_config_kwargs(kwargs))
-            kwargs.update(hub_kwargs)
+            loading_kwargs = {key: kwargs.pop(key) for key in _MODEL_ARGS if key in kwargs}
+            config, kwargs = load_config(path, hub_kwargs, **kwargs)
+            kwargs.update(hub_kwargs, **loading_kwargs)
         model_class = _class_for(config.model_type, cls._class_index)
         return model_class.from_pretrained(path, *model_args, config=config, **kwargs)
 
 
-_MODEL_ARGS = ("dtype", "mindspore_dtype", "gguf_file", "output_loading_info")
-
-
-def _config_kwargs(kwargs: dict) -> dict:
-    """Everything that is not a loading argument goes to the config (as in transformers)."""
-    return {key: kwargs.pop(key) for key in list(kwargs) if key not in _MODEL_ARGS}
+# loading arguments of PreTrainedModel.from_pretrained; everything else goes to the config (as in transformers)
+_MODEL_ARGS = ("dtype", "mindspore_dtype", "torch_dtype", "gguf_file", "output_loading_info")
 
 
 class AutoModel(_AutoModel):
