@@ -205,3 +205,10 @@ def test_past_key_values_inputs_like_transformers(pair):
     assert model.generate(ids, max_new_tokens=5, past_key_values=legacy).asnumpy().tolist() == expected
     with pytest.raises(ValueError, match="Passing both `cache_implementation`"):
         model.generate(ids, max_new_tokens=5, past_key_values=DynamicCache(), cache_implementation="static")
+
+
+@pytest.mark.parametrize("option", [dict(guidance_scale=2.0), dict(watermarking_config=transformers.WatermarkingConfig())])
+def test_unsupported_processor_options_are_refused(pair, option):
+    _, model = pair
+    with pytest.raises(NotImplementedError, match="is not supported yet"):
+        model.generate(ms_tensor(random_ids(1, 4)), max_new_tokens=2, **option)

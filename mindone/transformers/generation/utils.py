@@ -230,6 +230,9 @@ class GenerationMixin:
     ) -> lp.LogitsProcessorList:
         """Processors in transformers' order; custom ones merged before the sampling warpers, as HF does."""
         gc, eos = generation_config, generation_config._eos_token_list
+        for option in ("guidance_scale", "watermarking_config"):
+            if getattr(gc, option, None) not in (None, 1, 1.0):
+                raise NotImplementedError(f"`{option}` is not supported yet; generate without it")
         processors = lp.LogitsProcessorList()
         if gc.sequence_bias is not None:
             processors.append(lp.SequenceBiasLogitsProcessor(gc.sequence_bias))
