@@ -8,10 +8,17 @@ import transformers
 from helpers import TINY, left_padded, ms_tensor, random_ids, torch_generate, torch_logits
 
 from mindone.transformers import AutoModelForCausalLM, DynamicCache
+from mindone.transformers.modeling_rope_utils import HOST_UPDATED_ROPE, rope_type_of
 
 SMALL = {**TINY, "max_position_embeddings": 64}
+GPT2 = dict(num_key_value_heads=None)  # GPT2Config would keep TINY's GQA key, which the static cache reads
+LONGROPE = {"type": "longrope", "short_factor": [1.0, 1.1, 1.2, 1.3], "long_factor": [2.0, 2.5, 3.0, 4.0]}
 
 CASES = {
+    "gpt2_tied": ("gpt2", GPT2),
+    "gpt2_layer_scaled_upcast_untied": ("gpt2", dict(GPT2, scale_attn_by_inverse_layer_idx=True,
+                                                     reorder_and_upcast_attn=True, n_inner=40, activation_function="gelu",
+                                                     layer_norm_epsilon=1e-3, tie_word_embeddings=False)),  # fmt: skip
     "mistral_sliding_window": ("mistral", dict(sliding_window=5)),
     "qwen2": ("qwen2", dict()),
     "qwen2_yarn": ("qwen2", dict(rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16})),
@@ -29,6 +36,9 @@ CASES = {
                                               layer_types=["sliding_attention", "full_attention"])),  # fmt: skip
     "gemma3_linear_rope_softcap": ("gemma3_text", dict(head_dim=16, sliding_window=6, final_logit_softcapping=5.0,
                                                        rope_scaling={"rope_type": "linear", "factor": 2.0})),  # fmt: skip
+    "phi3_longrope": ("phi3", dict(max_position_embeddings=64, original_max_position_embeddings=16,
+                                   rope_scaling=LONGROPE)),  # fmt: skip
+    "phi3_partial_rotary_sliding": ("phi3", dict(partial_rotary_factor=0.5, sliding_window=5)),
 }
 
 
@@ -61,12 +71,22 @@ def test_cached_decode_logits(pair):
     assert np.abs(np.concatenate(steps, 1) - torch_logits(reference, ids)[:, 7:]).max() <= 1e-4
 
 
+def reference_generate(reference, ids, mask=None, **kwargs):
+    """transformers' greedy tokens. Past the LongRoPE switch its Phi-3 recomputes the cache in one forward whose
+    mask is not causal (4.57: the mask is sized from a one-element cache_position), so for LongRoPE the reference
+    is generation without a cache: every step recomputes all keys with the current factors, which is what
+    recomputing the cache at the switch means."""
+    if rope_type_of(reference.config) == "longrope":
+        kwargs["use_cache"] = False
+    return torch_generate(reference, ids, mask, **kwargs)
+
+
 def test_greedy_and_left_padded_batch(pair):
     reference, model = pair
     ids = random_ids(1, 9, seed=2)
-    assert model.generate(ms_tensor(ids), max_new_tokens=20).asnumpy().tolist() == torch_generate(reference, ids, max_new_tokens=20)
+    assert model.generate(ms_tensor(ids), max_new_tokens=20).asnumpy().tolist() == reference_generate(reference, ids, max_new_tokens=20)
     ids, mask = left_padded([11, 6], 11, seed=3)
-    expected = torch_generate(reference, ids, mask, max_new_tokens=20)
+    expected = reference_generate(reference, ids, mask, max_new_tokens=20)
     ours = model.generate(ms_tensor(ids), attention_mask=ms_tensor(mask), max_new_tokens=20)
     assert ours.asnumpy().tolist() == expected
 
@@ -74,6 +94,30 @@ def test_greedy_and_left_padded_batch(pair):
 def test_static_cache_path(pair):
     reference, model = pair
     ids, mask = left_padded([11, 6], 11, seed=4)
+    if rope_type_of(model.config) in HOST_UPDATED_ROPE:
+        with pytest.raises(ValueError, match="rope scaling recomputes frequencies"):
+            model.generate(ms_tensor(ids), attention_mask=ms_tensor(mask), max_new_tokens=12, cache_implementation="static")
+        return
     expected = torch_generate(reference, ids, mask, max_new_tokens=12)
     ours = model.generate(ms_tensor(ids), attention_mask=ms_tensor(mask), max_new_tokens=12, cache_implementation="static")
     assert ours.asnumpy().tolist() == expected
+
+
+def test_loss_with_labels(pair):
+    reference, model = pair
+    ids = random_ids(2, 10, seed=5)
+    labels = ids.copy()
+    labels[0, :3] = -100
+    with torch.no_grad():
+        expected = reference(torch.tensor(ids), labels=torch.tensor(labels)).loss.item()
+    assert abs(model(input_ids=ms_tensor(ids), labels=ms_tensor(labels)).loss.item() - expected) <= 1e-5
+
+
+def test_save_pretrained_loads_in_transformers(pair, tmp_path):
+    """Our checkpoint keys are Hugging Face's: transformers loads what save_pretrained writes, with nothing missing."""
+    reference, model = pair
+    model.save_pretrained(tmp_path)
+    reloaded, info = type(reference).from_pretrained(tmp_path, attn_implementation="eager", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    ids = random_ids(1, 8, seed=6)
+    assert np.abs(torch_logits(reloaded.eval(), ids) - torch_logits(reference, ids)).max() <= 1e-6

@@ -10,6 +10,7 @@ import mindspore as ms
 from mindspore import mint, ops
 
 _matmul_nt = ops.MatMul(transpose_b=True)
+_matmul = ops.MatMul()
 
 
 def device_target() -> str:
@@ -38,6 +39,20 @@ def linear(x: ms.Tensor, weight: ms.Tensor, bias=None) -> ms.Tensor:
     else:
         out = _matmul_nt(x.reshape(-1, x.shape[-1]), weight).reshape(x.shape[:-1] + (weight.shape[0],))
     return out if bias is None else out + bias
+
+
+def linear_in_out(x: ms.Tensor, weight: ms.Tensor, bias=None) -> ms.Tensor:
+    """x @ weight (+ bias) with the weight in (in, out) layout (GPT-2's Conv1D), so checkpoints load untransposed;
+    the same 2-D MatMul as `linear`, without transpose_b."""
+    out = _matmul(x.reshape(-1, x.shape[-1]), weight).reshape(x.shape[:-1] + (weight.shape[1],))
+    return out if bias is None else out + bias
+
+
+def layer_norm(x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor, eps: float) -> ms.Tensor:
+    """LayerNorm over the last axis. mint's LayerNormExt (mint.nn.functional.layer_norm, ops.layer_norm) is not
+    registered on CPU; the LayerNorm primitive is, on every backend, and is 10x faster on CPU in PyNative than the
+    composed mean/var/rsqrt."""
+    return ops.LayerNorm(-1, -1, eps)(x, weight, bias)[0]
 
 
 def gelu(x: ms.Tensor, approximate: str) -> ms.Tensor:

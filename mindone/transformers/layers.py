@@ -77,6 +77,19 @@ class Linear(nn.Cell):
         return backend.linear(x, self.weight, self.bias)
 
 
+class Conv1D(nn.Cell):
+    """Hugging Face's Conv1D (GPT-2): a linear layer whose weight is stored (in, out), i.e. x @ weight + bias.
+    Arguments in HF's order: nf output features, nx input features."""
+
+    def __init__(self, nf: int, nx: int, std: float = 0.02):
+        super().__init__()
+        self.weight = _param((nx, nf), Normal(std))
+        self.bias = _param((nf,), "zeros")
+
+    def construct(self, x):
+        return backend.linear_in_out(x, self.weight, self.bias)
+
+
 class Embedding(nn.Cell):
     def __init__(self, num_embeddings: int, embedding_dim: int, std: float = 0.02):
         super().__init__()
@@ -109,48 +122,73 @@ class RMSNorm(nn.Cell):
         return self.weight * _cast(hidden_states, input_dtype)
 
 
+class LayerNorm(nn.Cell):
+    """(x - mean) / sqrt(var + eps) * weight + bias over the last axis (torch.nn.LayerNorm's parameter names)."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = _param((hidden_size,), "ones")
+        self.bias = _param((hidden_size,), "zeros")
+        self.eps = eps
+
+    def construct(self, hidden_states):
+        return backend.layer_norm(hidden_states, self.weight, self.bias, self.eps)
+
+
 class RotaryEmbedding(nn.Cell):
-    """cos/sin tables [batch, 1, seq, dim] for the given positions (shaped once per forward, broadcast over heads);
-    `dynamic` scaling recomputes frequencies when positions grow."""
+    """cos/sin tables [batch, 1, seq, head_dim] for the given positions (shaped once per forward, broadcast over
+    heads); `dynamic` and `longrope` scaling recompute frequencies on the host when positions grow.
+
+    With a partial rotary factor the dimensions past the rotary ones get cos 1 and sin 0, so attention applies one
+    full-width rotation that leaves them unchanged (exactly: x * 1 + 0)."""
 
     def __init__(self, config):
         super().__init__()
         self.config = config
         self.rope_type = rope_type_of(config)
-        inv_freq, self.attention_scaling = compute_inv_freq(config)
-        self.original_inv_freq = ms.Tensor(inv_freq)
-        self.inv_freq = self.original_inv_freq
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.original_inv_freq, self.original_scaling = compute_inv_freq(config)
+        self._set_frequencies(self.original_inv_freq, self.original_scaling)
         self.original_max_seq_len = self.max_seq_len_cached = config.max_position_embeddings
+
+    def _set_frequencies(self, inv_freq: np.ndarray, attention_scaling: float):
+        """Per output dimension: its frequency (rotary halves repeated, 0 past them) and the cos/sin scale."""
+        pass_dims = self.head_dim - 2 * len(inv_freq)
+        self.inv_freq, self.attention_scaling = inv_freq, attention_scaling
+        frequencies = np.concatenate([inv_freq, inv_freq, np.zeros(pass_dims, np.float32)])
+        scale = np.concatenate([np.full(2 * len(inv_freq), attention_scaling, np.float32), np.ones(pass_dims, np.float32)])
+        self.dim_frequencies = ms.Tensor(frequencies.reshape(1, 1, -1))
+        self.dim_scale = ms.Tensor(scale.reshape(1, 1, 1, -1))
 
     def _longrope_update(self, position_ids):
         long = int(position_ids.max()) + 1 > original_context(self.config)
-        inv_freq, self.attention_scaling = compute_inv_freq(self.config, original_context(self.config) + 1 if long else None)
-        self.inv_freq = ms.Tensor(inv_freq)
+        self._set_frequencies(*compute_inv_freq(self.config, original_context(self.config) + 1 if long else None))
 
     def _dynamic_update(self, position_ids):
         seq_len = int(position_ids.max()) + 1
         if seq_len > self.max_seq_len_cached:
-            inv_freq, self.attention_scaling = compute_inv_freq(self.config, seq_len)
-            self.inv_freq, self.max_seq_len_cached = ms.Tensor(inv_freq), seq_len
+            self._set_frequencies(*compute_inv_freq(self.config, seq_len))
+            self.max_seq_len_cached = seq_len
         if seq_len < self.original_max_seq_len < self.max_seq_len_cached:
-            self.inv_freq, self.max_seq_len_cached = self.original_inv_freq, self.original_max_seq_len
+            self._set_frequencies(self.original_inv_freq, self.original_scaling)
+            self.max_seq_len_cached = self.original_max_seq_len
 
     def construct(self, x, position_ids):
         if self.rope_type == "dynamic":
             self._dynamic_update(position_ids)
         if self.rope_type == "longrope":
             self._longrope_update(position_ids)
-        freqs = position_ids.astype(ms.float32).expand_dims(-1) * self.inv_freq.reshape(1, 1, -1)
-        emb = mint.cat([freqs, freqs], dim=-1).expand_dims(1)
-        cos = mint.cos(emb) * self.attention_scaling
-        sin = mint.sin(emb) * self.attention_scaling
+        emb = (position_ids.astype(ms.float32).expand_dims(-1) * self.dim_frequencies).expand_dims(1)
+        cos = mint.cos(emb) * self.dim_scale
+        sin = mint.sin(emb) * self.dim_scale
         return _cast(cos, x.dtype), _cast(sin, x.dtype)
 
 
-def rotate_half_matrix(dim: int, dtype) -> ms.Tensor:
+def rotate_half_matrix(dim: int, dtype, rotary_dim=None) -> ms.Tensor:
     """R with x @ R == rotate_half(x) == cat(-x2, x1) for x = cat(x1, x2): one kernel instead of two slices, a
-    negation and a concat per tensor (entries are 0 and ±1, so the product is exact)."""
-    half = dim // 2
+    negation and a concat per tensor (entries are 0 and ±1, so the product is exact). Only the first `rotary_dim`
+    dimensions rotate (partial rotary); the rest map to zero, where sin is 0 anyway."""
+    half = (rotary_dim or dim) // 2
     matrix = np.zeros((dim, dim), np.float32)
     matrix[np.arange(half) + half, np.arange(half)] = -1.0
     matrix[np.arange(half), np.arange(half) + half] = 1.0
@@ -179,7 +217,7 @@ def eager_attention(query, key, value, attention_mask, scaling: float, softcap=N
     if attention_mask is not None:
         scores = scores.reshape(batch, kv_heads, group, seq, kv_len) + attention_mask.expand_dims(2)
     probs = mint.softmax(_cast(scores.reshape(batch, kv_heads, group * seq, kv_len), ms.float32), dim=-1)
-    output = mint.matmul(_cast(probs, query.dtype), value)
+    output = mint.matmul(_cast(probs, value.dtype), value)
     return output.reshape(batch, heads, seq, head_dim).swapaxes(1, 2)
 
 
@@ -194,9 +232,11 @@ class Attention(nn.Cell):
     """Multi-head / grouped-query self-attention with rotary embeddings and a key/value cache."""
 
     def __init__(self, config, layer_idx: int, qkv_bias=None, o_bias=None, qk_norm: bool = False,
-                 unit_offset_norm: bool = False):  # fmt: skip
-        """`qkv_bias` / `o_bias` default to config.attention_bias; `qk_norm` adds per-head RMSNorm on q and k.
-        Read from the config when present: query_pre_attn_scalar (scaling) and attn_logit_softcapping."""
+                 unit_offset_norm: bool = False, fused_qkv: bool = False):  # fmt: skip
+        """`qkv_bias` / `o_bias` default to config.attention_bias; `qk_norm` adds per-head RMSNorm on q and k;
+        `fused_qkv` holds the q, k and v projections as one `qkv_proj` (rows q, then k, then v: Phi-3's layout).
+        Read from the config when present: query_pre_attn_scalar (scaling), attn_logit_softcapping and
+        partial_rotary_factor."""
         super().__init__()
         self.layer_idx = layer_idx
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -208,17 +248,23 @@ class Attention(nn.Cell):
         bias = getattr(config, "attention_bias", False)
         qkv_bias, o_bias = bias if qkv_bias is None else qkv_bias, bias if o_bias is None else o_bias
         std = config.initializer_range
-        self.q_proj = Linear(config.hidden_size, self.num_heads * self.head_dim, qkv_bias, std)
-        self.k_proj = Linear(config.hidden_size, self.num_kv_heads * self.head_dim, qkv_bias, std)
-        self.v_proj = Linear(config.hidden_size, self.num_kv_heads * self.head_dim, qkv_bias, std)
+        self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.fused_qkv = fused_qkv
+        if fused_qkv:
+            self.qkv_proj = Linear(config.hidden_size, self.q_size + 2 * self.kv_size, qkv_bias, std)
+        else:
+            self.q_proj = Linear(config.hidden_size, self.q_size, qkv_bias, std)
+            self.k_proj = Linear(config.hidden_size, self.kv_size, qkv_bias, std)
+            self.v_proj = Linear(config.hidden_size, self.kv_size, qkv_bias, std)
         self.o_proj = Linear(self.num_heads * self.head_dim, config.hidden_size, o_bias, std)
         self.qk_norm = qk_norm
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, unit_offset_norm) if qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, unit_offset_norm) if qk_norm else None
         requested = "eager" if self.softcap is not None else getattr(config, "_attn_implementation", None)
         self.attention_kernel = backend.attention_kernel(requested, _DEFAULTS["dtype"], self.head_dim)
-        self.fused_rotary = backend.uses_fused_rotary()
-        self.rotation = rotate_half_matrix(self.head_dim, _DEFAULTS["dtype"])
+        rotary_dim = int(self.head_dim * getattr(config, "partial_rotary_factor", 1.0))
+        self.fused_rotary = backend.uses_fused_rotary() and rotary_dim == self.head_dim
+        self.rotation = rotate_half_matrix(self.head_dim, _DEFAULTS["dtype"], rotary_dim)
 
     def _heads(self, x, num_heads):
         batch, seq, _ = x.shape
@@ -226,9 +272,14 @@ class Attention(nn.Cell):
 
     def construct(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, cache_position=None):
         batch, seq, _ = hidden_states.shape
-        query = self._heads(self.q_proj(hidden_states), self.num_heads)
-        key = self._heads(self.k_proj(hidden_states), self.num_kv_heads)
-        value = self._heads(self.v_proj(hidden_states), self.num_kv_heads)
+        if self.fused_qkv:
+            qkv = self.qkv_proj(hidden_states)
+            query, key = qkv[:, :, : self.q_size], qkv[:, :, self.q_size : self.q_size + self.kv_size]
+            value = qkv[:, :, self.q_size + self.kv_size :]
+        else:
+            query, key, value = self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)
+        query, key = self._heads(query, self.num_heads), self._heads(key, self.num_kv_heads)
+        value = self._heads(value, self.num_kv_heads)
         if self.qk_norm:
             query, key = self.q_norm(query), self.k_norm(key)
         cos, sin = position_embeddings
@@ -240,16 +291,26 @@ class Attention(nn.Cell):
 
 
 class GatedMLP(nn.Cell):
-    """down(act(gate(x)) * up(x)); the activation is named by the config field `activation_key`."""
+    """down(act(gate(x)) * up(x)); the activation is named by the config field `activation_key`. `fused_gate_up`
+    holds gate and up as one `gate_up_proj` (gate rows first: Phi-3's layout)."""
 
-    def __init__(self, config, activation_key: str = "hidden_act"):
+    def __init__(self, config, activation_key: str = "hidden_act", fused_gate_up: bool = False):
         super().__init__()
         bias = getattr(config, "mlp_bias", False)
-        std = config.initializer_range
-        self.gate_proj = Linear(config.hidden_size, config.intermediate_size, bias, std)
-        self.up_proj = Linear(config.hidden_size, config.intermediate_size, bias, std)
-        self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias, std)
+        std, hidden, self.intermediate = config.initializer_range, config.hidden_size, config.intermediate_size
+        self.fused_gate_up = fused_gate_up
+        if fused_gate_up:
+            self.gate_up_proj = Linear(hidden, 2 * self.intermediate, bias, std)
+        else:
+            self.gate_proj = Linear(hidden, self.intermediate, bias, std)
+            self.up_proj = Linear(hidden, self.intermediate, bias, std)
+        self.down_proj = Linear(self.intermediate, hidden, bias, std)
         self.act_fn = get_activation(getattr(config, activation_key))
 
     def construct(self, x):
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        if self.fused_gate_up:
+            gate_up = self.gate_up_proj(x)
+            gate, up = gate_up[..., : self.intermediate], gate_up[..., self.intermediate :]
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(self.act_fn(gate) * up)

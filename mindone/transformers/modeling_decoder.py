@@ -34,7 +34,7 @@ class DecoderLayer(nn.Cell):
         super().__init__()
         self.sliding_window = layer_sliding_window(config, layer_idx)
         self.self_attn = Attention(config, layer_idx, unit_offset_norm=options.unit_offset_norm, **options.attention_options)
-        self.mlp = GatedMLP(config, options.activation_key)
+        self.mlp = GatedMLP(config, options.activation_key, **options.mlp_options)
         self.input_layernorm = self.norm(config, options)
         self.post_attention_layernorm = self.norm(config, options)
 
@@ -52,10 +52,43 @@ class DecoderLayer(nn.Cell):
 class DecoderPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     layer_class = DecoderLayer
-    attention_options: dict = {}
+    attention_options: dict = {}  # keyword arguments of layers.Attention
+    mlp_options: dict = {}  # keyword arguments of layers.GatedMLP
     unit_offset_norm = False  # Gemma's (1 + weight) RMSNorm
     activation_key = "hidden_act"  # the config field naming the MLP activation
     scale_embeddings = False  # multiply embeddings by sqrt(hidden_size)
+    # generate() recomputes the cache when LongRoPE switches factors (transformers does this for Phi-3 only)
+    recompute_cache_at_rope_switch = False
+
+    # forward bookkeeping shared by the base models (DecoderModel and architectures with their own module names)
+    def _cache_and_positions(self, inputs_embeds, past_key_values, use_cache, cache_position, position_ids):
+        """(past_key_values, cache, past_length, cache_position, position_ids): a new DynamicCache when caching
+        without one, the cache the layers write to (None without use_cache), the cache positions after the cached
+        tokens and the position ids (the cache positions unless given)."""
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache()
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if cache_position is None:
+            cache_position = arange(inputs_embeds.shape[1]) + past_length
+        if position_ids is None:
+            position_ids = cache_position.expand_dims(0)
+        return past_key_values, past_key_values if use_cache else None, past_length, cache_position, position_ids
+
+    def _mask(self, attention_mask, past_key_values, cache_position, seq_length, past_length, dtype, window):
+        if past_key_values is not None and past_key_values.is_static:
+            return past_key_values.attention_mask(attention_mask, cache_position, dtype, window)
+        return causal_mask(attention_mask, seq_length, past_length, dtype, window)
+
+    @staticmethod
+    def _output(hidden_states, cache, all_hidden_states, output_hidden_states, return_dict):
+        if not return_dict:  # plain tuples are what compiled graphs return best
+            return hidden_states, cache
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            past_key_values=cache,
+            hidden_states=all_hidden_states + (hidden_states,) if output_hidden_states else None,
+        )
 
 
 class DecoderModel(DecoderPreTrainedModel):
@@ -70,11 +103,6 @@ class DecoderModel(DecoderPreTrainedModel):
         windows = {layer.sliding_window for layer in self.layers}
         self.sliding_window = max((w for w in windows if w is not None), default=None)
         self.embed_scale = config.hidden_size**0.5
-
-    def _mask(self, attention_mask, past_key_values, cache_position, seq_length, past_length, dtype, window):
-        if past_key_values is not None and past_key_values.is_static:
-            return past_key_values.attention_mask(attention_mask, cache_position, dtype, window)
-        return causal_mask(attention_mask, seq_length, past_length, dtype, window)
 
     def construct(
         self,
@@ -95,16 +123,10 @@ class DecoderModel(DecoderPreTrainedModel):
             inputs_embeds = self.embed_tokens(input_ids)
         if self.scale_embeddings:
             inputs_embeds = inputs_embeds * ms.Tensor(self.embed_scale, inputs_embeds.dtype)
-        use_cache = self.config.use_cache if use_cache is None else use_cache
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache()
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
-        seq_length = inputs_embeds.shape[1]
-        if cache_position is None:
-            cache_position = arange(seq_length) + past_length
-        if position_ids is None:
-            position_ids = cache_position.expand_dims(0)
-        dtype = inputs_embeds.dtype
+        past_key_values, cache, past_length, cache_position, position_ids = self._cache_and_positions(
+            inputs_embeds, past_key_values, use_cache, cache_position, position_ids
+        )
+        seq_length, dtype = inputs_embeds.shape[1], inputs_embeds.dtype
         full_mask = self._mask(attention_mask, past_key_values, cache_position, seq_length, past_length, dtype, None)
         sliding_mask = full_mask
         if self.sliding_window is not None:
@@ -115,21 +137,13 @@ class DecoderModel(DecoderPreTrainedModel):
         local_rope = self.rotary_emb_local(inputs_embeds, position_ids) if self.rotary_emb_local is not None else global_rope
 
         hidden_states, all_hidden_states = inputs_embeds, ()
-        cache = past_key_values if use_cache else None
         for layer in self.layers:
             all_hidden_states += (hidden_states,)
             if layer.sliding_window is None:
                 hidden_states = layer(hidden_states, global_rope, full_mask, cache, cache_position)
             else:
                 hidden_states = layer(hidden_states, local_rope, sliding_mask, cache, cache_position)
-        hidden_states = self.norm(hidden_states)
-        if not return_dict:  # plain tuples are what compiled graphs return best
-            return hidden_states, cache
-        return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states,
-            past_key_values=cache,
-            hidden_states=all_hidden_states + (hidden_states,) if output_hidden_states else None,
-        )
+        return self._output(self.norm(hidden_states), cache, all_hidden_states, output_hidden_states, return_dict)
 
 
 def _local_rotary(config) -> Optional[RotaryEmbedding]:
@@ -158,7 +172,7 @@ class DecoderForCausalLM(DecoderPreTrainedModel, GenerationMixin):
 
     def __init__(self, config):
         super().__init__(config)
-        self.model = self.base_model_class(config)
+        setattr(self, self.base_model_prefix, self.base_model_class(config))  # HF's name: model, transformer, ...
         self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False, std=config.initializer_range)
         self.final_logit_softcapping = getattr(config, "final_logit_softcapping", None)
         self.tie_weights()
@@ -178,7 +192,7 @@ class DecoderForCausalLM(DecoderPreTrainedModel, GenerationMixin):
         return_dict: bool = True,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        outputs = self.model(
+        outputs = getattr(self, self.base_model_prefix)(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -208,7 +222,7 @@ class DecoderForCausalLM(DecoderPreTrainedModel, GenerationMixin):
 def decoder_architecture(prefix: str, config_class, module: str, layer_base=DecoderLayer, model_name=None, **options):
     """Hugging Face-named classes (<prefix>DecoderLayer, <prefix>PreTrainedModel, <prefix>Model,
     <prefix>ForCausalLM) for an architecture that is the shared decoder with `options` (attention_options,
-    unit_offset_norm, activation_key, scale_embeddings: the DecoderPreTrainedModel attributes). `model_name`
+    mlp_options, unit_offset_norm, activation_key, scale_embeddings: the DecoderPreTrainedModel attributes). `model_name`
     overrides the base model's class name where Hugging Face's differs (Gemma3TextModel)."""
     layer = type(f"{prefix}DecoderLayer", (layer_base,), {"__module__": module})
     pretrained = type(

@@ -122,6 +122,12 @@ def rope_type_of(config) -> str:
     return rope_type
 
 
+def rope_switch_length(config):
+    """LongRoPE changes every frequency once the sequence outgrows the original context, which invalidates keys
+    cached before; models that recompute their cache then (Phi-3) do so when the sequence passes this length."""
+    return original_context(config) if rope_type_of(config) == "longrope" else None
+
+
 def compute_inv_freq(config, seq_len=None):
     """Returns (inv_freq as float32 numpy array, attention scaling applied to cos/sin)."""
     return ROPE_INIT_FUNCTIONS[rope_type_of(config)](config, seq_len)

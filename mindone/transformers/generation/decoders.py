@@ -4,6 +4,7 @@
 tensor, prompts are left-padded to a few length buckets, and one graph per (batch, bucket or 1, cache length,
 dtype) is compiled with `ms.jit` and reused across positions and generate() calls."""
 
+import time
 from typing import Optional
 
 import mindspore as ms
@@ -12,7 +13,7 @@ from mindspore import mint, nn
 
 from .. import backend
 from ..cache_utils import Cache, DynamicCache, StaticCache
-from ..modeling_rope_utils import HOST_UPDATED_ROPE, rope_type_of
+from ..modeling_rope_utils import HOST_UPDATED_ROPE, rope_type_of, rope_switch_length
 
 PREFILL_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 MIN_CACHE_LENGTH = 256
@@ -30,9 +31,13 @@ class DynamicDecoder:
     def __init__(self, model, generation_config, cache: Optional[Cache] = None):
         self.model = model
         self.cache = (cache if cache is not None else DynamicCache()) if generation_config.use_cache else None
+        recompute = getattr(model, "recompute_cache_at_rope_switch", False)
+        self.rope_switch = rope_switch_length(model.config) if recompute else None
 
     def logits(self, input_ids, attention_mask, logits_to_keep: int = 1) -> ms.Tensor:
         seen = self.cache.get_seq_length() if self.cache is not None else 0
+        if self.rope_switch is not None and 0 < seen <= self.rope_switch < input_ids.shape[1]:
+            self.cache, seen = DynamicCache(), 0  # cached keys were rotated for the short context: recompute them
         outputs = self.model(
             input_ids=input_ids[:, seen:],
             attention_mask=attention_mask,
@@ -55,6 +60,7 @@ class _CompiledStep(nn.Cell):
         super().__init__(auto_prefix=False)
         self.model, self.cache = model, cache
         self.signatures = set()
+        self.compile_seconds = 0.0
         self.graph = ms.jit(self.construct)
 
     def construct(self, input_ids, position_ids, cache_position, attention_mask):
@@ -71,8 +77,15 @@ class _CompiledStep(nn.Cell):
         return outputs[0]
 
     def run(self, input_ids, position_ids, cache_position, attention_mask) -> ms.Tensor:
-        self.signatures.add((tuple(input_ids.shape), input_ids.dtype))
-        return self.graph(input_ids, position_ids, cache_position, attention_mask)
+        signature = (tuple(input_ids.shape), input_ids.dtype)
+        if signature in self.signatures:
+            return self.graph(input_ids, position_ids, cache_position, attention_mask)
+        start = time.perf_counter()  # a new signature compiles: its first call is (almost all) compile time
+        logits = self.graph(input_ids, position_ids, cache_position, attention_mask)
+        logits.asnumpy()
+        self.compile_seconds += time.perf_counter() - start
+        self.signatures.add(signature)
+        return logits
 
 
 def prefill_bucket(length: int) -> int:
@@ -95,6 +108,11 @@ def compiled_step(model, batch: int, cache_length: int) -> _CompiledStep:
 def compiled_graph_count(model) -> int:
     """How many graphs the static path has compiled for this model (one per distinct input signature)."""
     return sum(len(step.signatures) for step in model.__dict__.get("_compiled_steps", {}).values())
+
+
+def compile_seconds(model) -> float:
+    """Time spent in the first call of each of the model's compiled graphs (compile plus one run)."""
+    return sum(step.compile_seconds for step in model.__dict__.get("_compiled_steps", {}).values())
 
 
 class StaticDecoder:

@@ -12,7 +12,9 @@ MODEL_CLASSES = {
     "gemma": ("gemma", "GemmaModel", "GemmaForCausalLM"),
     "gemma2": ("gemma2", "Gemma2Model", "Gemma2ForCausalLM"),
     "gemma3_text": ("gemma3", "Gemma3TextModel", "Gemma3ForCausalLM"),
+    "gpt2": ("gpt2", "GPT2Model", "GPT2LMHeadModel"),
     "mistral": ("mistral", "MistralModel", "MistralForCausalLM"),
+    "phi3": ("phi3", "Phi3Model", "Phi3ForCausalLM"),
     "qwen2": ("qwen2", "Qwen2Model", "Qwen2ForCausalLM"),
     "qwen3": ("qwen3", "Qwen3Model", "Qwen3ForCausalLM"),
 }

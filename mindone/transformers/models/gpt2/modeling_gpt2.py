@@ -1,0 +1,113 @@
+"""GPT-2: learned absolute positions (`wpe`), LayerNorm, q/k/v fused in one Conv1D (weights stored (in, out)), a
+plain MLP and no rotary. Its module names (transformer.wte/wpe/h/ln_f) are not the shared decoder's, so GPT2Model
+has its own few-line forward over the shared bookkeeping (cache, positions, masks, outputs); GPT2LMHeadModel is the
+shared causal LM (tied lm_head, loss, generate) over it."""
+
+import math
+
+import mindspore as ms
+from mindspore import nn
+from transformers import GPT2Config
+
+from ... import backend
+from ...layers import Conv1D, Embedding, LayerNorm, attend, get_activation
+from ...modeling_decoder import DecoderForCausalLM, DecoderPreTrainedModel
+
+
+class GPT2Attention(nn.Cell):
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        hidden, std = config.hidden_size, config.initializer_range
+        self.layer_idx, self.num_heads = layer_idx, config.num_attention_heads
+        self.head_dim = hidden // self.num_heads
+        self.c_attn = Conv1D(3 * hidden, hidden, std)
+        self.c_proj = Conv1D(hidden, hidden, std / math.sqrt(2 * config.num_hidden_layers))  # HF's scaled init
+        self.scaling = (self.head_dim**-0.5 if config.scale_attn_weights else 1.0) / (
+            layer_idx + 1 if config.scale_attn_by_inverse_layer_idx else 1
+        )
+        dtype = self.c_attn.weight.dtype
+        requested = getattr(config, "_attn_implementation", None)
+        self.attention_kernel = backend.attention_kernel(requested, dtype, self.head_dim)
+        # HF computes q k^T in float32 with reorder_and_upcast_attn, on its eager path only (softmax is float32 anyway)
+        self.upcast = config.reorder_and_upcast_attn and self.attention_kernel == "eager" and dtype != ms.float32
+
+    def construct(self, hidden_states, attention_mask=None, past_key_values=None, cache_position=None):
+        batch, seq, _ = hidden_states.shape
+        qkv = self.c_attn(hidden_states).reshape(batch, seq, 3 * self.num_heads, self.head_dim).swapaxes(1, 2)
+        heads = self.num_heads
+        query, key, value = qkv[:, :heads], qkv[:, heads : 2 * heads], qkv[:, 2 * heads :]
+        if past_key_values is not None:
+            key, value = past_key_values.update(key, value, self.layer_idx, {"cache_position": cache_position})
+        if self.upcast:
+            query, key = query.astype(ms.float32), key.astype(ms.float32)
+        output = attend(self.attention_kernel, query, key, value, attention_mask, self.scaling, None)
+        return self.c_proj(output.reshape(batch, seq, -1))
+
+
+class GPT2MLP(nn.Cell):
+    def __init__(self, intermediate_size: int, config):
+        super().__init__()
+        std = config.initializer_range
+        self.c_fc = Conv1D(intermediate_size, config.hidden_size, std)
+        self.c_proj = Conv1D(config.hidden_size, intermediate_size, std / math.sqrt(2 * config.num_hidden_layers))
+        self.act = get_activation(config.activation_function)
+
+    def construct(self, hidden_states):
+        return self.c_proj(self.act(self.c_fc(hidden_states)))
+
+
+class GPT2Block(nn.Cell):
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        inner_dim = config.n_inner if config.n_inner is not None else 4 * config.hidden_size
+        self.ln_1 = LayerNorm(config.hidden_size, config.layer_norm_epsilon)
+        self.attn = GPT2Attention(config, layer_idx)
+        self.ln_2 = LayerNorm(config.hidden_size, config.layer_norm_epsilon)
+        self.mlp = GPT2MLP(inner_dim, config)
+
+    def construct(self, hidden_states, attention_mask=None, past_key_values=None, cache_position=None):
+        attended = self.attn(self.ln_1(hidden_states), attention_mask, past_key_values, cache_position)
+        hidden_states = hidden_states + attended
+        return hidden_states + self.mlp(self.ln_2(hidden_states))
+
+
+class GPT2PreTrainedModel(DecoderPreTrainedModel):
+    config_class = GPT2Config
+    base_model_prefix = "transformer"
+    _no_split_modules = ["GPT2Block"]
+
+    def get_input_embeddings(self):
+        return getattr(self, self.base_model_prefix, self).wte
+
+
+class GPT2Model(GPT2PreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        if config.add_cross_attention:
+            raise ValueError("GPT-2 with cross-attention (add_cross_attention=True) is not supported")
+        std = config.initializer_range
+        self.wte = Embedding(config.vocab_size, config.hidden_size, std)
+        self.wpe = Embedding(config.max_position_embeddings, config.hidden_size, std)
+        self.h = nn.CellList([GPT2Block(config, i) for i in range(config.num_hidden_layers)])
+        self.ln_f = LayerNorm(config.hidden_size, config.layer_norm_epsilon)
+
+    def construct(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                  inputs_embeds=None, use_cache=None, output_hidden_states=None, cache_position=None,
+                  return_dict: bool = True, **kwargs):  # fmt: skip
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        inputs_embeds = self.wte(input_ids) if inputs_embeds is None else inputs_embeds
+        past_key_values, cache, past_length, cache_position, position_ids = self._cache_and_positions(
+            inputs_embeds, past_key_values, use_cache, cache_position, position_ids
+        )
+        seq_length, dtype = inputs_embeds.shape[1], inputs_embeds.dtype
+        mask = self._mask(attention_mask, past_key_values, cache_position, seq_length, past_length, dtype, None)
+        hidden_states, all_hidden_states = inputs_embeds + self.wpe(position_ids), ()
+        for block in self.h:
+            all_hidden_states += (hidden_states,)
+            hidden_states = block(hidden_states, mask, cache, cache_position)
+        return self._output(self.ln_f(hidden_states), cache, all_hidden_states, output_hidden_states, return_dict)
+
+
+class GPT2LMHeadModel(GPT2PreTrainedModel, DecoderForCausalLM):
+    base_model_class = GPT2Model
