@@ -8,16 +8,46 @@ import os
 import gguf
 import numpy as np
 from gguf.quants import dequantize
+from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
+from tokenizers.models import BPE
 from transformers import AutoConfig, PreTrainedTokenizerFast
-from transformers.integrations.ggml import GGUF_CONFIG_MAPPING, GGUF_TOKENIZER_MAPPING, GGUF_TO_FAST_CONVERTERS
-from transformers.integrations.ggml import convert_gguf_tokenizer
+from transformers.convert_slow_tokenizer import generate_merges
+from transformers.integrations.ggml import GGUF_CONFIG_MAPPING, GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
 
-_TOKEN_TYPE_CONTROL = 3
+_NORMAL, _CONTROL, _USER_DEFINED = 1, 3, 4  # llama.cpp token types
 _ARCH_BY_NAME = {name: arch for arch, name in gguf.MODEL_ARCH_NAMES.items()}
-# llama.cpp stores q/k rows permuted for its rotary layout in these architectures
-_PERMUTED_QK = {"llama", "mistral"}
-# the tokenizer model written by llama.cpp -> transformers' converter for it
-_TOKENIZER_CONVERTERS = {"gpt2": "gpt2", "llama": "llama"}
+# GGUF architecture -> model_type. Mistral checkpoints are written by llama.cpp as `llama` (it ignores their sliding
+# window too), so they load as Llama, which is what llama.cpp runs.
+_MODEL_TYPES = {
+    "llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3_text"
+}
+# metadata keys (after "<arch>.") -> config fields, over transformers' GGUF_CONFIG_MAPPING (Gemma 1 uses Gemma 2's)
+_CONFIG_KEYS_OF = {"gemma": "gemma2"}
+_EXTRA_CONFIG_KEYS = {
+    "qwen3": {"attention.key_length": "head_dim"},
+    "gemma2": {key: key for key in ("attn_logit_softcapping", "final_logit_softcapping")},
+    "gemma3": {"final_logit_softcapping": "final_logit_softcapping"},
+}
+# GGUF stores no query_pre_attn_scalar; llama.cpp scales by 1/sqrt(head_dim), except for the 27B models (known by
+# their layer count) where it uses hidden_size / num_attention_heads
+_QUERY_SCALE_ARCHS = {"gemma2": 46, "gemma3": 62}
+_ROPE_SCALING_TYPES = {"linear", "yarn"}
+
+
+def _unpermute_qk(name: str, weights: np.ndarray, config) -> np.ndarray:
+    """llama.cpp interleaves the rotary halves of each head's q/k rows for Llama; undo it."""
+    heads = {"q_proj.weight": config.num_attention_heads, "k_proj.weight": config.num_key_value_heads}
+    suffix = name.rpartition("self_attn.")[2]
+    return _reverse_permute(weights, heads[suffix]) if suffix in heads else weights
+
+
+def _unshift_norm(name: str, weights: np.ndarray, config) -> np.ndarray:
+    """Gemma's RMSNorm multiplies by (1 + w); llama.cpp stores 1 + w, the model holds w."""
+    return weights - 1 if name.endswith("norm.weight") else weights
+
+
+# llama.cpp's changes to the tensors of an architecture, undone per tensor (transformers' TensorProcessor classes)
+_TENSOR_FIXES = {"llama": _unpermute_qk, "gemma": _unshift_norm, "gemma2": _unshift_norm, "gemma3": _unshift_norm}
 
 
 @functools.lru_cache(maxsize=4)
@@ -43,24 +73,36 @@ class GGUFCheckpoint:
         self.path = path
         self.metadata = {key: field.contents() for key, field in self.reader.fields.items()}
         self.architecture = self.metadata["general.architecture"]
-        if self.architecture not in GGUF_CONFIG_MAPPING or self.architecture not in _ARCH_BY_NAME:
-            raise ValueError(f"GGUF architecture '{self.architecture}' is not supported; supported: llama")
+        if self.architecture not in _MODEL_TYPES or self.architecture not in _ARCH_BY_NAME:
+            supported = ", ".join(sorted(_MODEL_TYPES))
+            raise ValueError(f"GGUF architecture '{self.architecture}' is not supported; supported: {supported}")
 
     @functools.cached_property
     def config(self):
-        prefix = self.architecture + "."
+        arch, meta = self.architecture, self.metadata
+        keys = {**GGUF_CONFIG_MAPPING[_CONFIG_KEYS_OF.get(arch, arch)], **_EXTRA_CONFIG_KEYS.get(arch, {})}
         params = {
-            hf_key: _shortest(self.metadata[prefix + gguf_key])
-            for gguf_key, hf_key in GGUF_CONFIG_MAPPING[self.architecture].items()
-            if hf_key is not None and prefix + gguf_key in self.metadata
+            hf_key: _shortest(meta[f"{arch}.{gguf_key}"])
+            for gguf_key, hf_key in keys.items()
+            if hf_key is not None and f"{arch}.{gguf_key}" in meta
         }
-        params.setdefault("vocab_size", len(self.metadata["tokenizer.ggml.tokens"]))
+        params.setdefault("vocab_size", len(meta["tokenizer.ggml.tokens"]))
         params["tie_word_embeddings"] = all(t.name != "output.weight" for t in self.reader.tensors)
         for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
             gguf_key = "tokenizer.ggml." + key.replace("pad", "padding")
-            if gguf_key in self.metadata:
-                params[key] = int(self.metadata[gguf_key])
-        return AutoConfig.for_model(self.architecture, **params)
+            if gguf_key in meta:
+                params[key] = int(meta[gguf_key])
+        scaling = f"{arch}.rope.scaling."
+        if meta.get(scaling + "type") in _ROPE_SCALING_TYPES:
+            rope = params["rope_scaling"] = {"rope_type": meta[scaling + "type"]}
+            rope["factor"] = _shortest(meta[scaling + "factor"])
+            if scaling + "original_context_length" in meta:
+                rope["original_max_position_embeddings"] = int(meta[scaling + "original_context_length"])
+        if arch in _QUERY_SCALE_ARCHS:
+            per_head = params["hidden_size"] // params["num_attention_heads"]
+            is_27b = params["num_hidden_layers"] == _QUERY_SCALE_ARCHS[arch]
+            params["query_pre_attn_scalar"] = per_head if is_27b else params.get("head_dim", per_head)
+        return AutoConfig.for_model(_MODEL_TYPES[arch], **params)
 
     generation_config = None  # GenerationConfig.from_model_config(config) already carries bos/eos/pad
 
@@ -68,47 +110,92 @@ class GGUFCheckpoint:
         """Yields (Hugging Face name, float32 array) for each of `names` the file holds."""
         name_map = gguf.get_tensor_name_map(_ARCH_BY_NAME[self.architecture], self.config.num_hidden_layers)
         by_gguf_name = {t.name: t for t in self.reader.tensors}
+        fix = _TENSOR_FIXES.get(self.architecture)
         for name in names:
             stem, _, suffix = name.rpartition(".")
             gguf_stem = name_map.get_name(stem)
             tensor = by_gguf_name.get(f"{gguf_stem}.{suffix}") if gguf_stem else None
             if tensor is not None:
-                yield name, self._unpermute(name, dequantize(tensor.data, tensor.tensor_type))
-
-    def _unpermute(self, name: str, weights: np.ndarray) -> np.ndarray:
-        if self.architecture not in _PERMUTED_QK:
-            return weights
-        if name.endswith("q_proj.weight"):
-            return _reverse_permute(weights, self.config.num_attention_heads)
-        if name.endswith("k_proj.weight"):
-            return _reverse_permute(weights, self.config.num_key_value_heads)
-        return weights
+                weights = dequantize(tensor.data, tensor.tensor_type)
+                yield name, fix(name, weights, self.config) if fix else weights
 
     def tokenizer(self) -> PreTrainedTokenizerFast:
         meta = self.metadata
         tokens = meta["tokenizer.ggml.tokens"]
-        tokenizer_dict = {
-            hf_key: meta["tokenizer." + gguf_key]
-            for gguf_key, hf_key in GGUF_TOKENIZER_MAPPING["tokenizer"].items()
-            if "tokenizer." + gguf_key in meta
-        }
-        kind = _TOKENIZER_CONVERTERS.get(meta.get("tokenizer.ggml.model"))
-        if kind is None or kind not in GGUF_TO_FAST_CONVERTERS:
-            raise ValueError(f"GGUF tokenizer model '{meta.get('tokenizer.ggml.model')}' is not supported")
-        backend_tokenizer, extra_kwargs = convert_gguf_tokenizer(kind, tokenizer_dict)
+        model, pre = meta.get("tokenizer.ggml.model"), meta.get("tokenizer.ggml.pre")
+        build = _TOKENIZER_BUILDERS.get((model, pre)) or _TOKENIZER_BUILDERS.get((model, None))
+        if build is None:
+            raise ValueError(f"GGUF tokenizer model '{model}' is not supported; supported: gpt2, llama")
+        backend_tokenizer = build(meta)
+        _add_bos_eos(backend_tokenizer, meta)
         special = {}
         for role in ("bos", "eos", "unk", "pad"):
             key = f"tokenizer.ggml.{'padding' if role == 'pad' else 'unknown' if role == 'unk' else role}_token_id"
             if key in meta:
                 special[f"{role}_token"] = tokens[int(meta[key])]
-        control = [t for t, kind in zip(tokens, meta.get("tokenizer.ggml.token_type", [])) if kind == _TOKEN_TYPE_CONTROL]
+        control = [t for t, kind in zip(tokens, meta.get("tokenizer.ggml.token_type", [])) if kind == _CONTROL]
         return PreTrainedTokenizerFast(
             tokenizer_object=backend_tokenizer,
             chat_template=meta.get("tokenizer.chat_template"),
             additional_special_tokens=[t for t in control if t not in special.values()],
             **special,
-            **extra_kwargs,
         )
+
+
+def _converted(kind: str, meta: dict) -> Tokenizer:
+    """transformers' converter for a GGUF tokenizer that stores its merges (BPE of the `gpt2` tokenizer model)."""
+    fields = GGUF_TOKENIZER_MAPPING["tokenizer"].items()
+    tokenizer_dict = {hf: meta["tokenizer." + key] for key, hf in fields if "tokenizer." + key in meta}
+    return convert_gguf_tokenizer(kind, tokenizer_dict)[0]
+
+
+def _sentencepiece_bpe(meta: dict) -> Tokenizer:
+    """The `llama` tokenizer model is SentencePiece BPE (Llama 2, Mistral, Gemma). The GGUF keeps pieces, scores and
+    types but no merges; SentencePiece joins the adjacent pair whose joined piece scores highest, so merges ranked by
+    that score reproduce it. (transformers' GGUF loader builds a Unigram model for Gemma instead, which splits words
+    into near-characters: transformers issue 41494.)"""
+    tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
+    # llama.cpp writes the spaces of user-defined pieces as " "; SentencePiece matches them as "▁" after normalizing
+    pieces = [t.replace(" ", "▁") if kind == _USER_DEFINED else t for t, kind in zip(tokens, types)]
+    vocab = {piece: i for i, piece in enumerate(pieces)}
+    normal = [(p, score) for p, score, kind in zip(pieces, meta["tokenizer.ggml.scores"], types) if kind == _NORMAL]
+    unk = meta.get("tokenizer.ggml.unknown_token_id")
+    unk_token = pieces[int(unk)] if unk is not None else None
+    merges = generate_merges(vocab, normal)
+    tokenizer = Tokenizer(BPE(vocab, merges, unk_token=unk_token, fuse_unk=True, byte_fallback=True))
+    prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))  # llama.cpp's default for this model
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁")] * prefix + [normalizers.Replace(" ", "▁")])
+    decode = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    tokenizer.decoder = decoders.Sequence(decode + [decoders.Strip(content=" ", left=1, right=0)] * prefix)
+    # user-defined pieces (Gemma's; Llama 2 / Mistral, which use the prefix, have none) are matched whole before BPE
+    tokenizer.add_tokens([AddedToken(p, normalized=True) for p, kind in zip(pieces, types) if kind == _USER_DEFINED])
+    return tokenizer
+
+
+# (tokenizer.ggml.model, tokenizer.ggml.pre or None for any) -> builder of the backend tokenizer
+_TOKENIZER_BUILDERS = {
+    ("gpt2", "qwen2"): functools.partial(_converted, "qwen2"),
+    ("gpt2", None): functools.partial(_converted, "gpt2"),
+    ("llama", None): _sentencepiece_bpe,
+}
+
+
+def _add_bos_eos(tokenizer: Tokenizer, meta: dict) -> None:
+    """llama.cpp's add_bos_token / add_eos_token flags become a post-processor, as in transformers' Llama tokenizers."""
+    tokens, ends = meta["tokenizer.ggml.tokens"], {}
+    for role in ("bos", "eos"):
+        if meta.get(f"tokenizer.ggml.add_{role}_token") and f"tokenizer.ggml.{role}_token_id" in meta:
+            ends[role] = int(meta[f"tokenizer.ggml.{role}_token_id"])
+    if not ends:
+        return
+    bos, eos = ([tokens[ends[r]]] if r in ends else [] for r in ("bos", "eos"))
+    template = processors.TemplateProcessing(
+        single=[*bos, "$A", *eos],
+        pair=[*bos, "$A", *eos, *(t + ":1" for t in bos), "$B:1", *(t + ":1" for t in eos)],
+        special_tokens=[(tokens[i], i) for i in ends.values()],
+    )
+    previous = tokenizer.post_processor
+    tokenizer.post_processor = processors.Sequence([previous, template]) if previous else template
 
 
 def _shortest(value):
