@@ -19,5 +19,10 @@ setup(
         "huggingface_hub==0.36.2",
         "jinja2==3.1.6",
     ],
-    entry_points={"console_scripts": ["mindone-convert-gguf=mindone.transformers.convert_gguf:main"]},
+    entry_points={
+        "console_scripts": [
+            "mindone-convert-gguf=mindone.transformers.convert_gguf:main",
+            "mindone-generate=mindone.transformers.batch.cli:main",
+        ]
+    },
 )

@@ -1,0 +1,155 @@
+"""`python -m mindone.transformers.batch` / `mindone-generate`: JSONL prompts in, JSONL completions out.
+
+Single process: rows are appended to --output as batches finish, then the file is put in input order. Under msrun
+(or with RANK_ID / RANK_SIZE set) each rank takes the input lines whose index modulo the world size is its rank,
+writes <output>.part-RRRRR-of-WWWWW, and rank 0 merges the parts into --output once every rank is done."""
+
+import argparse
+import glob
+import os
+import re
+import sys
+import time
+
+from tqdm import tqdm
+
+from ..modeling_rope_utils import HOST_UPDATED_ROPE, rope_type_of
+from ..utils import set_seed
+from . import store as output_store
+from .job import BatchRunner, Stats, plan_batches, summary
+from .rows import RowError, error_row, parse_requests, prepare, read_lines
+
+GENERATION_ARGS = {  # CLI flag -> type; None means "keep the model's generation_config value"
+    "max_new_tokens": int, "temperature": float, "top_k": int, "top_p": float, "num_beams": int,
+    "repetition_penalty": float, "no_repeat_ngram_size": int,
+}  # fmt: skip
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="mindone-generate", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="model directory (or a directory holding --gguf_file)")
+    parser.add_argument("--gguf_file", default=None, help="a .gguf file: a path, or a name inside --model")
+    parser.add_argument("--input", help="JSONL: {\"id\", \"prompt\"} or {\"id\", \"messages\"}, optional \"generation\"")
+    parser.add_argument("--output", required=True, help="JSONL results; an existing file is resumed, not overwritten")
+    parser.add_argument("--max_batch_size", type=int, default=8)
+    parser.add_argument("--mode", choices=["graph", "pynative"], default="graph",
+                        help="graph: compiled steps over a static cache (default); pynative: dynamic cache")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--do_sample", action="store_true")
+    parser.add_argument("--stop_strings", action="append", default=None, help="repeat for several")
+    for name, kind in GENERATION_ARGS.items():
+        parser.add_argument(f"--{name}", type=kind, default=64 if name == "max_new_tokens" else None)
+    parser.add_argument("--fail_on_error", action="store_true", help="exit 1 when any row ends as an error row")
+    parser.add_argument("--merge", action="store_true", help="only merge the part files of --output (all ranks done)")
+    args = parser.parse_args(argv)
+    if not args.merge and (not args.model or not args.input):
+        parser.error("--model and --input are required (unless --merge)")
+    if args.max_batch_size < 1:
+        parser.error("--max_batch_size must be at least 1")
+    return args
+
+
+def distributed_rank() -> tuple:
+    """(rank, world size): from MindSpore's collective init when started by msrun, else RANK_ID / RANK_SIZE.
+    msrun also runs this script as its scheduler process, whose init() serves the workers until they finish."""
+    if os.environ.get("MS_ROLE") in ("MS_WORKER", "MS_SCHED"):
+        from mindspore.communication import get_group_size, get_rank, init
+
+        init()
+        return get_rank(), get_group_size()
+    return int(os.environ.get("RANK_ID", 0)), int(os.environ.get("RANK_SIZE", 1))
+
+
+def load(args):
+    """Model and tokenizer; a missing or broken model is a one-line error before any work."""
+    import mindspore as ms
+
+    from ..models.auto import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(args.model, gguf_file=args.gguf_file, dtype=getattr(ms, args.dtype))
+        tokenizer = AutoTokenizer.from_pretrained(args.model, gguf_file=args.gguf_file)
+    except (OSError, ValueError, KeyError) as err:
+        raise SystemExit(f"error: cannot load model {args.model!r}: {str(err).splitlines()[0]}") from None
+    return model, tokenizer
+
+
+def base_generation_config(args, model):
+    config = model.generation_config.__class__.from_dict(model.generation_config.to_dict())
+    options = {name: getattr(args, name) for name in GENERATION_ARGS if getattr(args, name) is not None}
+    config.update(do_sample=args.do_sample, stop_strings=args.stop_strings, **options)
+    return config
+
+
+def run(args) -> int:
+    lines = read_lines(args.input)
+    rank, world = distributed_rank()
+    target = output_store.part_path(args.output, rank, world) if world > 1 else args.output
+    output_store.check_writable(target)
+    try:
+        store = output_store.OutputStore(target)  # repairs a torn last line; refuses a file that is not ours
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    start = time.perf_counter()
+    model, tokenizer = load(args)
+    set_seed(args.seed)
+    requests, errors = parse_requests(lines, lambda number: (number - 1) % world == rank)
+    skipped = sum(output_store.row_key(row) in store.done for row in errors) + sum(
+        output_store.id_key(r.id) in store.done for r in requests
+    )
+    base = base_generation_config(args, model)
+    max_positions = getattr(model.config, "max_position_embeddings", None)
+    todo = []
+    for request in requests:
+        if output_store.id_key(request.id) in store.done:
+            continue
+        try:
+            todo.append(prepare(request, tokenizer, base, max_positions))
+        except RowError as err:
+            errors.append(error_row(request.line, str(err), request.id, True))
+    errors = [row for row in errors if output_store.row_key(row) not in store.done]
+    stats = Stats(failed=len(errors))
+    store.append(errors)
+    runner = BatchRunner(model, tokenizer, _mode(args.mode, model), args.max_batch_size, args.seed)
+    label = f"rank {rank}/{world}" if world > 1 else "generate"
+    with tqdm(total=len(todo), unit="row", desc=label, position=rank if world > 1 else None) as progress:
+        runner.run(plan_batches(todo, args.max_batch_size), store, stats, progress)
+    _complete(args, store, target, rank, world)
+    print(summary(stats, skipped, time.perf_counter() - start, model), file=sys.stderr)
+    failed_rows = sum("error" in row for row in store.rows)
+    return 1 if args.fail_on_error and failed_rows else 0
+
+
+def _mode(requested: str, model) -> str:
+    rope_type = rope_type_of(model.config)
+    if requested == "graph" and rope_type in HOST_UPDATED_ROPE:
+        print(f"note: {rope_type} rope scaling recomputes frequencies on the host, which compiled steps cannot do; "
+              "running --mode pynative", file=sys.stderr)  # fmt: skip
+        return "pynative"
+    return requested
+
+
+def _complete(args, store, target, rank: int, world: int) -> None:
+    store.finalize()
+    if world == 1:
+        return
+    output_store.mark_done(target)
+    if rank == 0:
+        print(f"rank 0: waiting for all {world} ranks, then merging into {args.output}", file=sys.stderr)
+        output_store.merge_parts(args.output, world, wait_seconds=None)
+
+
+def merge_only(output: str) -> int:
+    worlds = {int(m.group(1)) for p in glob.glob(glob.escape(output) + ".part-*-of-*")
+              if (m := re.search(r"-of-(\d+)$", p))}  # fmt: skip
+    if len(worlds) != 1:
+        raise SystemExit(f"error: expected the part files of one job next to {output}, found world sizes {sorted(worlds)}")
+    rows = output_store.merge_parts(output, worlds.pop())
+    print(f"merged {rows} rows into {output}", file=sys.stderr)
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    return merge_only(args.output) if args.merge else run(args)
