@@ -55,6 +55,13 @@ def layer_norm(x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor, eps: float) -> 
     return ops.LayerNorm(-1, -1, eps)(x, weight, bias)[0]
 
 
+def expand_as(x: ms.Tensor, like: ms.Tensor) -> ms.Tensor:
+    """`x` broadcast to `like`'s shape, for an elementwise op with `like`. The CPU Mul/Add kernels of a compiled
+    graph keep two index tables the size of their output (16 bytes per element, never freed) whenever they
+    broadcast implicitly; with equal shapes they keep none. Prefill at batch 8 x 128 tokens: +4.3 GB -> +1.4 GB."""
+    return x.broadcast_to(like.shape)
+
+
 def gelu(x: ms.Tensor, approximate: str) -> ms.Tensor:
     """mint's GeluExt kernel is not registered on CPU; ops.gelu is, on every backend."""
     return ops.gelu(x, approximate=approximate)

@@ -116,10 +116,12 @@ class RMSNorm(nn.Cell):
         input_dtype = hidden_states.dtype
         hidden_states = _cast(hidden_states, ms.float32)
         variance = mint.mean(hidden_states * hidden_states, -1, keepdim=True)
-        hidden_states = hidden_states * mint.rsqrt(variance + self.variance_epsilon)
+        hidden_states = hidden_states * backend.expand_as(mint.rsqrt(variance + self.variance_epsilon), hidden_states)
         if self.unit_offset:
-            return _cast(hidden_states * (1.0 + _cast(self.weight, ms.float32)), input_dtype)
-        return self.weight * _cast(hidden_states, input_dtype)
+            scale = backend.expand_as(1.0 + _cast(self.weight, ms.float32), hidden_states)
+            return _cast(hidden_states * scale, input_dtype)
+        hidden_states = _cast(hidden_states, input_dtype)
+        return backend.expand_as(self.weight, hidden_states) * hidden_states
 
 
 class LayerNorm(nn.Cell):
@@ -199,7 +201,11 @@ def apply_rotary_pos_emb(q, k, cos, sin, rotation, fused: bool = False):
     """q, k: [batch, heads, seq, head_dim]; cos, sin: [batch, 1, seq, head_dim]; rotation: rotate_half_matrix."""
     if fused:
         return backend.fused_rotary(q, cos, sin), backend.fused_rotary(k, cos, sin)
-    return q * cos + mint.matmul(q, rotation) * sin, k * cos + mint.matmul(k, rotation) * sin
+    return _rotate(q, cos, sin, rotation), _rotate(k, cos, sin, rotation)
+
+
+def _rotate(x, cos, sin, rotation):
+    return x * backend.expand_as(cos, x) + mint.matmul(x, rotation) * backend.expand_as(sin, x)
 
 
 def eager_attention(query, key, value, attention_mask, scaling: float, softcap=None):
@@ -215,7 +221,8 @@ def eager_attention(query, key, value, attention_mask, scaling: float, softcap=N
     if softcap is not None:
         scores = mint.tanh(scores / softcap) * softcap
     if attention_mask is not None:
-        scores = scores.reshape(batch, kv_heads, group, seq, kv_len) + attention_mask.expand_dims(2)
+        scores = scores.reshape(batch, kv_heads, group, seq, kv_len)
+        scores = scores + backend.expand_as(attention_mask.expand_dims(2), scores)
     probs = mint.softmax(_cast(scores.reshape(batch, kv_heads, group * seq, kv_len), ms.float32), dim=-1)
     output = mint.matmul(_cast(probs, value.dtype), value)
     return output.reshape(batch, heads, seq, head_dim).swapaxes(1, 2)
