@@ -225,3 +225,23 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_graph_mode_falls_back_for_longrope(smollm2_dir, tmp_path, capsys):
+    """LongRoPE frequencies follow the sequence length on the host, which compiled steps cannot do: graph mode says
+    so and runs PyNative, with the same rows as --mode pynative."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(smollm2_dir)
+    rope = {"type": "longrope", "short_factor": [1.0, 1.1, 1.2, 1.3], "long_factor": [2.0, 2.5, 3.0, 4.0]}
+    config = transformers.Phi3Config(**{**TINY, "vocab_size": len(tokenizer), "original_max_position_embeddings": 16,
+                                        "rope_scaling": rope})  # fmt: skip
+    transformers.set_seed(0)
+    model_dir = tmp_path / "phi3"
+    transformers.Phi3ForCausalLM(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    input_path = write_jsonl(tmp_path / "in.jsonl", prompt_rows(4))
+    outputs = {mode: str(tmp_path / f"{mode}.jsonl") for mode in ("graph", "pynative")}
+    for mode, output in outputs.items():
+        assert run_job(str(model_dir), input_path, output, "--mode", mode, "--max_new_tokens", "12") == 0
+    assert "longrope rope scaling recomputes frequencies on the host" in capsys.readouterr().err
+    rows = read_jsonl(outputs["graph"])
+    assert rows == read_jsonl(outputs["pynative"]) and all("error" not in row for row in rows)
