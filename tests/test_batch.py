@@ -164,9 +164,16 @@ def test_rank_shards_merge_to_the_single_process_output(tiny_model_dir, tmp_path
     assert open(sharded).read() == open(single).read()
     os.remove(sharded)
     assert main(["--output", sharded, "--merge"]) == 0 and open(sharded).read() == open(single).read()
-    os.remove(part_path(sharded, 1, 2) + ".done")
+    part = part_path(sharded, 1, 2)
+    os.remove(part + ".done")
     with pytest.raises(SystemExit, match="1 shard\\(s\\) not finished"):
         main(["--output", sharded, "--merge"])
+    lines = open(part).read().splitlines(keepends=True)
+    open(part, "w").write("".join(lines[:2]) + lines[2][:10])  # rank 1 killed mid-write: resumes its own shard
+    for rank in (1, 0):
+        monkeypatch.setenv("RANK_ID", str(rank))
+        run_job(tiny_model_dir, input_path, sharded, "--mode", "pynative")
+    assert open(sharded).read() == open(single).read()
 
 
 def _job_command(model_dir, input_path, output_path):
