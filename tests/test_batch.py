@@ -193,12 +193,15 @@ def test_kill_9_at_several_points_then_resume(tiny_model_dir, tmp_path):
     output = str(tmp_path / "out.jsonl")
     env = {**os.environ, "PYTHONPATH": REPO}
     kills = 0
-    for lines_before_kill in (0, 2, 9, 20):  # 0: killed while loading, before any output
+    for lines_before_kill in (None, 2, 9, 20):  # None: killed 3 s in, while it imports and loads
         process = subprocess.Popen(_job_command(tiny_model_dir, input_path, output), env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        if lines_before_kill is None:
+            time.sleep(3)
         deadline = time.monotonic() + 300
-        while _line_count(output) <= lines_before_kill and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01 if lines_before_kill else 2.0)
+        while lines_before_kill is not None and _line_count(output) <= lines_before_kill and process.poll() is None:
+            assert time.monotonic() < deadline, "the job wrote nothing for 5 minutes"
+            time.sleep(0.01)
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             kills += 1
