@@ -75,9 +75,11 @@ def load(args):
     return model, tokenizer
 
 
-def base_generation_config(args, model):
+def base_generation_config(args, model, mode: str):
     config = model.generation_config.__class__.from_dict(model.generation_config.to_dict())
     options = {name: getattr(args, name) for name in GENERATION_ARGS if getattr(args, name) is not None}
+    if mode == "graph":
+        options["cache_implementation"] = "static"
     config.update(do_sample=args.do_sample, stop_strings=args.stop_strings, **options)
     return config
 
@@ -95,23 +97,21 @@ def run(args) -> int:
     model, tokenizer = load(args)
     set_seed(args.seed)
     requests, errors = parse_requests(lines, lambda number: (number - 1) % world == rank)
-    skipped = sum(output_store.row_key(row) in store.done for row in errors) + sum(
-        output_store.id_key(r.id) in store.done for r in requests
-    )
-    base = base_generation_config(args, model)
+    pending = [r for r in requests if output_store.id_key(r.id) not in store.done]
+    new_errors = [row for row in errors if output_store.row_key(row) not in store.done]
+    skipped = len(requests) - len(pending) + len(errors) - len(new_errors)
+    mode = _mode(args.mode, model)
+    base = base_generation_config(args, model, mode)
     max_positions = getattr(model.config, "max_position_embeddings", None)
     todo = []
-    for request in requests:
-        if output_store.id_key(request.id) in store.done:
-            continue
+    for request in pending:
         try:
             todo.append(prepare(request, tokenizer, base, max_positions))
         except RowError as err:
-            errors.append(error_row(request.line, str(err), request.id, True))
-    errors = [row for row in errors if output_store.row_key(row) not in store.done]
-    stats = Stats(failed=len(errors))
-    store.append(errors)
-    runner = BatchRunner(model, tokenizer, _mode(args.mode, model), args.max_batch_size, args.seed)
+            new_errors.append(error_row(request.line, str(err), request.id, True))
+    stats = Stats(failed=len(new_errors))
+    store.append(new_errors)
+    runner = BatchRunner(model, tokenizer, mode, args.max_batch_size, args.seed)
     label = f"rank {rank}/{world}" if world > 1 else "generate"
     with tqdm(total=len(todo), unit="row", desc=label, position=rank if world > 1 else None) as progress:
         runner.run(plan_batches(todo, args.max_batch_size), store, stats, progress)

@@ -64,8 +64,6 @@ class BatchRunner:
         """Left-padded generate() over the batch; returns each row's generated ids. In graph mode a short batch is
         filled up to max_batch_size with copies of its last row, so the compiled graphs only see one batch size."""
         config = batch[0].generation_config
-        if self.mode == "graph":
-            config.cache_implementation = "static"
         rows = [r.token_ids for r in batch]
         if self.mode == "graph":
             rows += [rows[-1]] * (self.max_batch_size - len(rows))
