@@ -257,7 +257,8 @@ class PreTrainedModel(nn.Cell):
                     f"weight '{name}' in '{path}' has shape {tuple(array.shape)} but the model expects "
                     f"{tuple(param.shape)}; the checkpoint does not match its config.json"
                 )
-            param.set_data(ms.Tensor(np.asarray(array), dtype=param.dtype))
+            param.set_data(_to_tensor(array, param.dtype))
+            del array  # a copied (cast) array is freed before the next tensor is read
             loaded.add(target)
         missing = [name for name in params if name not in loaded]
         for name in missing:
@@ -291,6 +292,20 @@ class PreTrainedModel(nn.Cell):
             self.generation_config.save_pretrained(save_directory)
         shards = _plan_shards(self.state_dict(), convert_file_size_to_int(max_shard_size))
         _write_shards(save_directory, shards)
+
+
+def _to_tensor(array, dtype) -> ms.Tensor:
+    """A Tensor of `dtype` holding `array`. The checkpoint readers hand over fresh arrays, so when the dtype already
+    matches MindSpore adopts the array's buffer (ms.Tensor(array) copies it: two copies of each weight while loading,
+    the numpy one freed only when the next tensor is read); read-only, memory-mapped or partial views are copied."""
+    array = np.asarray(array)
+    root = array
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    adoptable = root.base is None and root.nbytes == array.nbytes and array.flags.c_contiguous and array.flags.writeable
+    if adoptable and array.dtype == ms.dtype_to_nptype(dtype):
+        return ms.from_numpy(array)
+    return ms.Tensor(array, dtype=dtype)
 
 
 def _plan_shards(params: dict, max_bytes: int) -> list[dict]:

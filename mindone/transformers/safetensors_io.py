@@ -14,7 +14,9 @@ class CheckpointError(OSError):
 
 
 def _bf16_to_fp32(raw: np.ndarray) -> np.ndarray:
-    return (raw.astype(np.uint32) << 16).view(np.float32)
+    bits = raw.astype(np.uint32)
+    bits <<= 16  # in place: no second float32-sized temporary
+    return bits.view(np.float32)
 
 
 def _fp32_to_bf16_bits(array: np.ndarray) -> np.ndarray:
@@ -30,26 +32,38 @@ def _header(path: str) -> tuple[dict, int]:
 
 
 def iter_safetensors(path: str):
-    """Yields (name, numpy array) one tensor at a time; bfloat16 tensors come back as float32."""
+    """Yields (name, numpy array) one tensor at a time; bfloat16 tensors come back as float32.
+
+    Each array is read from the file into memory of its own (not through a memory map: pages of a mapped file that
+    were read stay in the process's resident set until the file is closed, which made loading hold a second copy of
+    the whole checkpoint). safe_open still validates the file and lists its tensors."""
     try:
         with safe_open(path, framework="np") as f:
             names = list(f.keys())
-            for name in names:
-                if f.get_slice(name).get_dtype() == "BF16":
-                    yield name, _read_bf16(path, name)
-                else:
-                    yield name, f.get_tensor(name)
+            header, data_start = _header(path)
+            with open(path, "rb") as raw:
+                for name in names:
+                    dtype = header[name]["dtype"]
+                    if dtype == "BF16":
+                        yield name, _bf16_to_fp32(_read(raw, name, header[name], data_start, np.uint16))
+                    elif dtype in _NUMPY_DTYPE:
+                        yield name, _read(raw, name, header[name], data_start, _NUMPY_DTYPE[dtype])
+                    else:
+                        yield name, f.get_tensor(name)
     except (SafetensorError, ValueError, struct.error, json.JSONDecodeError) as err:
         raise CheckpointError(
             f"'{path}' is not a readable safetensors file ({err}); re-download or re-save the checkpoint"
         ) from None
 
 
-def _read_bf16(path: str, name: str) -> np.ndarray:
-    header, data_start = _header(path)
-    begin, end = header[name]["data_offsets"]
-    raw = np.fromfile(path, dtype=np.uint16, count=(end - begin) // 2, offset=data_start + begin)
-    return _bf16_to_fp32(raw).reshape(header[name]["shape"])
+def _read(raw, name: str, entry: dict, data_start: int, dtype) -> np.ndarray:
+    """One tensor's bytes into a new array (safetensors is little-endian, as are the hosts MindSpore runs on)."""
+    begin, end = entry["data_offsets"]
+    array = np.empty(entry["shape"], dtype=dtype)
+    raw.seek(data_start + begin)
+    if array.nbytes != end - begin or raw.readinto(memoryview(array.reshape(-1)).cast("B")) != end - begin:
+        raise ValueError(f"tensor '{name}' does not match its data offsets")
+    return array
 
 
 def write_safetensors(path: str, tensors: dict, bf16_names=frozenset()) -> None:
@@ -83,4 +97,5 @@ def _write_with_bf16(path: str, tensors: dict, bf16_names) -> None:
             f.write(blob)
 
 
+_NUMPY_DTYPE = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}  # fmt: skip
 _SAFETENSORS_DTYPE = {"f4": "F32", "f2": "F16", "f8": "F64", "i4": "I32", "i8": "I64", "u1": "U8", "i1": "I8", "b1": "BOOL"}

@@ -67,11 +67,14 @@ def open_gguf(model_dir: str, gguf_file: str) -> "GGUFCheckpoint":
 class GGUFCheckpoint:
     def __init__(self, path: str):
         try:
-            self.reader = gguf.GGUFReader(path)
+            reader = gguf.GGUFReader(path)
         except (ValueError, OSError, IndexError) as err:
             raise OSError(f"'{path}' is not a readable GGUF file ({err}); re-download it") from None
         self.path = path
-        self.metadata = {key: field.contents() for key, field in self.reader.fields.items()}
+        self.metadata = {key: field.contents() for key, field in reader.fields.items()}
+        # Only the tensor table is kept, not the reader: its fields hold a numpy view per vocabulary entry and merge
+        # (~150 MB for a 49k vocabulary), and open_gguf caches this object for as long as the process runs.
+        self.tensor_infos = reader.tensors
         self.architecture = self.metadata["general.architecture"]
         if self.architecture not in _MODEL_TYPES or self.architecture not in _ARCH_BY_NAME:
             supported = ", ".join(sorted(_MODEL_TYPES))
@@ -87,7 +90,7 @@ class GGUFCheckpoint:
             if hf_key is not None and f"{arch}.{gguf_key}" in meta
         }
         params.setdefault("vocab_size", len(meta["tokenizer.ggml.tokens"]))
-        params["tie_word_embeddings"] = all(t.name != "output.weight" for t in self.reader.tensors)
+        params["tie_word_embeddings"] = all(t.name != "output.weight" for t in self.tensor_infos)
         for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
             gguf_key = "tokenizer.ggml." + key.replace("pad", "padding")
             if gguf_key in meta:
@@ -109,15 +112,22 @@ class GGUFCheckpoint:
     def tensors(self, names):
         """Yields (Hugging Face name, float32 array) for each of `names` the file holds."""
         name_map = gguf.get_tensor_name_map(_ARCH_BY_NAME[self.architecture], self.config.num_hidden_layers)
-        by_gguf_name = {t.name: t for t in self.reader.tensors}
+        by_gguf_name = {t.name: t for t in self.tensor_infos}
         fix = _TENSOR_FIXES.get(self.architecture)
         for name in names:
             stem, _, suffix = name.rpartition(".")
             gguf_stem = name_map.get_name(stem)
             tensor = by_gguf_name.get(f"{gguf_stem}.{suffix}") if gguf_stem else None
             if tensor is not None:
-                weights = dequantize(tensor.data, tensor.tensor_type)
+                weights = dequantize(self._read(tensor), tensor.tensor_type)
                 yield name, fix(name, weights, self.config) if fix else weights
+                del weights  # not kept alive while the next tensor is dequantized
+
+    def _read(self, tensor) -> np.ndarray:
+        """The tensor's stored bytes, read from the file rather than through the reader's memory map: pages of a
+        mapping that were read stay resident for as long as it is mapped (the whole file, once every tensor is read)."""
+        raw = np.fromfile(self.path, dtype=tensor.data.dtype, count=tensor.data.size, offset=tensor.data_offset)
+        return raw.reshape(tensor.data.shape)
 
     def tokenizer(self) -> PreTrainedTokenizerFast:
         meta = self.metadata
