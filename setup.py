@@ -7,6 +7,8 @@ setup(
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["mindone", "mindone.*"]),
+    # the fused CPU kernels are compiled from these sources on first use (mindone/transformers/kernels/builder.py)
+    package_data={"mindone.transformers.kernels": ["csrc/*.cc", "csrc/*.h"]},
     python_requires=">=3.9,<3.13",
     install_requires=[
         "mindspore==2.7.1",

@@ -1,0 +1,322 @@
+// Attention with the rotary embedding, the optional per-head q/k RMSNorm and the key/value cache write fused in.
+//
+// Layouts: projections arrive as [B, S, heads * D] (or q, k, v packed in one [B, S, (H + 2 KV) * D] tensor, as
+// Phi-3's qkv_proj and GPT-2's c_attn produce them); caches are [B, KV, L, D]; the additive mask is
+// [1 or B, 1, S, L] with the dtype's minimum (or -inf) where a key is not visible; the output is [B, S, H * D].
+// Grouped-query attention: query head h reads key/value head h / (H / KV).
+//
+// Numerics follow the composed ops (layers.eager_attention): scores = q.k * scaling, then the soft-cap
+// tanh(s / cap) * cap, then the mask, softmax in float32. Masked keys are skipped, which is exact because the
+// composed softmax gives them weight 0; a query with no visible key averages all L values, as the composed
+// softmax over equal scores does.
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "common.h"
+
+namespace mk {
+namespace {
+
+struct Config {
+  float scaling, softcap;
+  int64_t rotary_dim;
+  float norm_eps;  // 0: no q/k norm
+  bool unit_offset;
+  bool packed;
+  int64_t heads, kv_heads;
+};
+
+Config config_of(const Arg &cfg) {
+  const float *c = cfg.as<float>();
+  return Config{c[0], c[1], static_cast<int64_t>(c[2]), c[3], c[4] != 0.0f, c[5] != 0.0f,
+                static_cast<int64_t>(c[6]), static_cast<int64_t>(c[7])};
+}
+
+template <class T> constexpr float masked_below() {
+  return std::is_same_v<T, float> ? -std::numeric_limits<float>::max() : -65504.0f;
+}
+
+// One head vector from the projection: q/k norm (cast to T, as the norm cell returns T), rotary (rounded to T,
+// as the composed rotation produces T), into float32.
+template <class T> struct HeadPrep {
+  const T *cos, *sin;  // [Bc, S, D] with Bc 1 or B
+  int64_t cos_batch_stride, S, D;
+  const T *norm_w;
+  Config c;
+
+  void operator()(const T *src, int64_t b, int64_t s, float *dst) const {
+    for (int64_t i = 0; i < D; i++) dst[i] = to_float(src[i]);
+    if (c.norm_eps > 0.0f && norm_w != nullptr) {
+      float ss = 0.0f;
+      for (int64_t i = 0; i < D; i++) ss += dst[i] * dst[i];
+      float scale = 1.0f / std::sqrt(ss / static_cast<float>(D) + c.norm_eps);
+      for (int64_t i = 0; i < D; i++) {
+        float normed = dst[i] * scale;
+        dst[i] = c.unit_offset ? to_float(static_cast<T>(normed * (1.0f + to_float(norm_w[i]))))
+                               : to_float(static_cast<T>(to_float(norm_w[i]) * to_float(static_cast<T>(normed))));
+      }
+    }
+    if (c.rotary_dim > 0) {
+      const T *cs = cos + b * cos_batch_stride + s * D, *sn = sin + b * cos_batch_stride + s * D;
+      const int64_t half = c.rotary_dim / 2;
+      float x[D];
+      std::memcpy(x, dst, sizeof(float) * D);
+      for (int64_t i = 0; i < D; i++) {
+        float rotated = i < half ? -x[i + half] : (i < c.rotary_dim ? x[i - half] : 0.0f);
+        dst[i] = to_float(static_cast<T>(x[i] * to_float(cs[i]) + rotated * to_float(sn[i])));
+      }
+    }
+  }
+};
+
+// Where q, k and v of token (b, s) start in the projection tensors.
+template <class T> struct Projections {
+  const T *q, *k, *v;
+  int64_t S, D, H, KV;
+  bool packed;
+  int64_t q_row() const { return packed ? (H + 2 * KV) * D : H * D; }
+  int64_t kv_row() const { return packed ? (H + 2 * KV) * D : KV * D; }
+  const T *query(int64_t b, int64_t s, int64_t h) const { return q + (b * S + s) * q_row() + h * D; }
+  const T *key(int64_t b, int64_t s, int64_t g) const {
+    return (packed ? q + H * D : k) + (b * S + s) * kv_row() + g * D;
+  }
+  const T *value(int64_t b, int64_t s, int64_t g) const {
+    return (packed ? q + (H + KV) * D : v) + (b * S + s) * kv_row() + g * D;
+  }
+};
+
+// The attention itself over caches [B, KV, L, D], for queries already prepared in float32 [B, S, H, D].
+template <class T> struct Attend {
+  const float *q;
+  const T *keys, *values;
+  const T *mask;  // [Bm, 1, S, L]
+  int64_t mask_batch_stride;
+  T *out;  // [B, S, H * D]
+  int64_t B, S, H, KV, L, D;
+  Config c;
+
+  static constexpr int64_t kQueryBlock = 16;
+
+  int64_t tasks() const { return B * KV * ((S + kQueryBlock - 1) / kQueryBlock); }
+
+  void run_task(int64_t task, std::vector<float> &kt, std::vector<float> &scores) const {
+    const int64_t blocks = (S + kQueryBlock - 1) / kQueryBlock;
+    const int64_t b = task / (KV * blocks), g = (task / blocks) % KV, s0 = (task % blocks) * kQueryBlock;
+    const int64_t s1 = std::min(S, s0 + kQueryBlock);
+    const T *kb = keys + (b * KV + g) * L * D, *vb = values + (b * KV + g) * L * D;
+    const T *mb = mask + b * mask_batch_stride;
+    const float floor = masked_below<T>();
+    // Keys beyond the last one any of these queries sees are never read.
+    int64_t seen = 0;
+    for (int64_t s = s0; s < s1; s++)
+      for (int64_t j = L - 1; j >= seen; j--)
+        if (to_float(mb[s * L + j]) > floor) { seen = j + 1; break; }
+    const int64_t padded = (seen + kLanes - 1) / kLanes * kLanes;
+    kt.assign(D * padded, 0.0f);  // keys transposed [D, padded]: scores vectorise over keys
+    for (int64_t j = 0; j < seen; j++)
+      for (int64_t d = 0; d < D; d++) kt[d * padded + j] = to_float(kb[j * D + d]);
+    scores.resize(padded);
+    const int64_t group = H / KV;
+    for (int64_t s = s0; s < s1; s++) {
+      const T *mrow = mb + s * L;
+      int64_t first = 0, last = -1;
+      for (int64_t j = 0; j < seen; j++)
+        if (to_float(mrow[j]) > floor) { if (last < 0) first = j; last = j; }
+      for (int64_t h = g * group; h < (g + 1) * group; h++) {
+        T *o = out + ((b * S + s) * H + h) * D;
+        if (last < 0) average_values(vb, o);
+        else attend_row(q + ((b * S + s) * H + h) * D, kt.data(), padded, vb, mrow, first, last, scores.data(), o);
+      }
+    }
+  }
+
+  void average_values(const T *vb, T *o) const {
+    for (int64_t d = 0; d < D; d++) {
+      float acc = 0.0f;
+      for (int64_t j = 0; j < L; j++) acc += to_float(vb[j * D + d]);
+      o[d] = static_cast<T>(acc / static_cast<float>(L));
+    }
+  }
+
+  void attend_row(const float *qv, const float *kt, int64_t padded, const T *vb, const T *mrow, int64_t first,
+                  int64_t last, float *sc, T *o) const {
+    const float floor = masked_below<T>();
+    const int64_t j0 = first / kLanes * kLanes;
+    // scores for key blocks [j0, last], four blocks at a time for independent accumulators
+    int64_t j = j0;
+    for (; j + 4 * kLanes <= last + 1; j += 4 * kLanes) {
+      vf a0{}, a1{}, a2{}, a3{};
+      for (int64_t d = 0; d < D; d++) {
+        vf qd = splat(qv[d]);
+        const float *row = kt + d * padded + j;
+        a0 += qd * loadv(row), a1 += qd * loadv(row + kLanes), a2 += qd * loadv(row + 2 * kLanes), a3 += qd * loadv(row + 3 * kLanes);
+      }
+      storev(sc + j, a0), storev(sc + j + kLanes, a1), storev(sc + j + 2 * kLanes, a2), storev(sc + j + 3 * kLanes, a3);
+    }
+    for (; j <= last; j += kLanes) {
+      vf a{};
+      for (int64_t d = 0; d < D; d++) a += splat(qv[d]) * loadv(kt + d * padded + j);
+      storev(sc + j, a);
+    }
+    float maximum = -std::numeric_limits<float>::infinity();
+    for (int64_t i = first; i <= last; i++) {
+      float m = to_float(mrow[i]);
+      if (m <= floor) { sc[i] = -std::numeric_limits<float>::infinity(); continue; }
+      float s = sc[i] * c.scaling;
+      if (c.softcap != 0.0f) s = std::tanh(s / c.softcap) * c.softcap;
+      s += m;
+      sc[i] = s;
+      maximum = std::max(maximum, s);
+    }
+    float total = 0.0f;
+    int64_t i = first;
+    for (; i + kLanes <= last + 1; i += kLanes) {
+      vf e = vexp(loadv(sc + i) - maximum);
+      e = loadv(sc + i) == -std::numeric_limits<float>::infinity() ? vf{} : e;
+      storev(sc + i, e);
+      total += hsum(e);
+    }
+    for (; i <= last; i++) {
+      sc[i] = sc[i] == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(sc[i] - maximum);
+      total += sc[i];
+    }
+    float acc[D];
+    std::fill(acc, acc + D, 0.0f);
+    for (int64_t jj = first; jj <= last; jj++) {
+      float p = sc[jj];
+      if (p == 0.0f) continue;
+      const T *vr = vb + jj * D;
+      int64_t d = 0;
+      for (; d + kLanes <= D; d += kLanes) storev(acc + d, loadv(acc + d) + p * loadv(vr + d));
+      for (; d < D; d++) acc[d] += p * to_float(vr[d]);
+    }
+    const float inv = 1.0f / total;
+    for (int64_t d = 0; d < D; d++) o[d] = static_cast<T>(acc[d] * inv);
+  }
+
+  void run() const {
+    parallel_for(tasks(), 1, [this](int64_t begin, int64_t end) {
+      std::vector<float> kt, scores;
+      for (int64_t t = begin; t < end; t++) run_task(t, kt, scores);
+    });
+  }
+};
+
+template <class T> HeadPrep<T> head_prep(const Arg &cos, const Arg &sin, const Arg &norm_w, int64_t S, int64_t D,
+                                         const Config &c) {
+  int64_t stride = cos.numel() >= S * D ? (cos.numel() / (S * D) > 1 ? S * D : 0) : 0;
+  return HeadPrep<T>{cos.as<T>(), sin.as<T>(), stride, S, D, norm_w.numel() == D ? norm_w.as<T>() : nullptr, c};
+}
+
+// Queries of every token prepared (norm, rotary) into float32 [B, S, H, D].
+template <class T> std::vector<float> prepare_queries(const Projections<T> &p, const HeadPrep<T> &prep, int64_t B) {
+  std::vector<float> q(B * p.S * p.H * p.D);
+  parallel_for(B * p.S * p.H, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; i++) {
+      int64_t b = i / (p.S * p.H), s = (i / p.H) % p.S, h = i % p.H;
+      prep(p.query(b, s, h), b, s, q.data() + i * p.D);
+    }
+  });
+  return q;
+}
+
+// Keys (norm, rotary) and values of every token written into [B, KV, L, D] buffers at slot(s).
+template <class T, class Slot>
+void write_keys_values(const Projections<T> &p, const HeadPrep<T> &kprep, int64_t B, int64_t L, T *kc, T *vc, Slot slot) {
+  float tmp[p.D];
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t s = 0; s < p.S; s++)
+      for (int64_t g = 0; g < p.KV; g++) {
+        int64_t offset = ((b * p.KV + g) * L + slot(s)) * p.D;
+        kprep(p.key(b, s, g), b, s, tmp);
+        for (int64_t d = 0; d < p.D; d++) kc[offset + d] = static_cast<T>(tmp[d]);
+        std::memcpy(vc + offset, p.value(b, s, g), sizeof(T) * p.D);
+      }
+}
+
+template <class T> int run_cached(void **params, int *ndims, int64_t **shapes, const char **dtypes) {
+  Arg q = MK_ARG(0), k = MK_ARG(1), v = MK_ARG(2), cos = MK_ARG(3), sin = MK_ARG(4), qn = MK_ARG(5), kn = MK_ARG(6);
+  Arg kc = MK_ARG(7), vc = MK_ARG(8), pos = MK_ARG(9), mask = MK_ARG(10);
+  Config c = config_of(MK_ARG(11));
+  Arg out = MK_ARG(12);
+  const int64_t B = q.dim(0), S = q.dim(1), KV = kc.dim(1), L = kc.dim(2), D = kc.dim(3);
+  if (KV != c.kv_heads || c.heads % KV != 0 || pos.numel() != S || mask.dim(-1) != L) return kBadShape;
+  Projections<T> p{q.as<T>(), k.as<T>(), v.as<T>(), S, D, c.heads, KV, c.packed};
+  HeadPrep<T> qprep = head_prep<T>(cos, sin, qn, S, D, c), kprep = head_prep<T>(cos, sin, kn, S, D, c);
+  const int32_t *slots = pos.as<int32_t>();
+  for (int64_t s = 0; s < S; s++)
+    if (slots[s] < 0 || slots[s] >= L) return kBadShape;
+  write_keys_values(p, kprep, B, L, kc.as<T>(), vc.as<T>(), [slots](int64_t s) { return slots[s]; });
+  std::vector<float> queries = prepare_queries(p, qprep, B);
+  int64_t mask_stride = mask.dim(0) == 1 ? 0 : S * L;
+  Attend<T>{queries.data(), kc.as<T>(), vc.as<T>(), mask.as<T>(), mask_stride, out.as<T>(), B, S, c.heads, KV, L, D, c}.run();
+  return kOk;
+}
+
+// Queries and keys normed and rotated in their projection layout [B, S, heads * D].
+template <class T> int run_rope(void **params, int *ndims, int64_t **shapes, const char **dtypes) {
+  Arg q = MK_ARG(0), k = MK_ARG(1), cos = MK_ARG(2), sin = MK_ARG(3), qn = MK_ARG(4), kn = MK_ARG(5);
+  Config c = config_of(MK_ARG(6));
+  Arg qo = MK_ARG(7), ko = MK_ARG(8);
+  const int64_t B = q.dim(0), S = q.dim(1), D = q.dim(2) / c.heads;
+  if (q.dim(2) != c.heads * D || k.dim(2) != c.kv_heads * D) return kBadShape;
+  HeadPrep<T> qprep = head_prep<T>(cos, sin, qn, S, D, c), kprep = head_prep<T>(cos, sin, kn, S, D, c);
+  float tmp[D];
+  auto rotate_all = [&](const Arg &in, const Arg &out, int64_t heads, const HeadPrep<T> &prep) {
+    const T *src = in.as<T>();
+    T *dst = out.as<T>();
+    for (int64_t b = 0; b < B; b++)
+      for (int64_t s = 0; s < S; s++)
+        for (int64_t h = 0; h < heads; h++) {
+          int64_t offset = ((b * S + s) * heads + h) * D;
+          prep(src + offset, b, s, tmp);
+          for (int64_t d = 0; d < D; d++) dst[offset + d] = static_cast<T>(tmp[d]);
+        }
+  };
+  rotate_all(q, qo, c.heads, qprep);
+  rotate_all(k, ko, c.kv_heads, kprep);
+  return kOk;
+}
+
+template <class T> int run_attention(void **params, int *ndims, int64_t **shapes, const char **dtypes) {
+  Arg q = MK_ARG(0), k = MK_ARG(1), v = MK_ARG(2), mask = MK_ARG(3);
+  Config c = config_of(MK_ARG(4));
+  Arg out = MK_ARG(5);
+  const int64_t B = q.dim(0), S = q.dim(1), KV = k.dim(1), L = k.dim(2), D = k.dim(3);
+  if (KV != c.kv_heads || c.heads % KV != 0 || mask.dim(-1) != L) return kBadShape;
+  std::vector<float> queries(q.numel());
+  const T *qs = q.as<T>();
+  for (size_t i = 0; i < queries.size(); i++) queries[i] = to_float(qs[i]);
+  int64_t mask_stride = mask.dim(0) == 1 ? 0 : S * L;
+  Attend<T>{queries.data(), k.as<T>(), v.as<T>(), mask.as<T>(), mask_stride, out.as<T>(), B, S, c.heads, KV, L, D, c}.run();
+  return kOk;
+}
+
+}  // namespace
+}  // namespace mk
+
+using namespace mk;
+
+// CachedAttention(q, k, v, cos, sin, q_norm_w, k_norm_w, k_cache, v_cache, cache_position, mask, cfg) -> out
+// Writes the new keys (normed, rotated) and values into the caches in place at cache_position, then attends.
+MK_KERNEL CachedAttention(MK_ARGS) {
+  if (nparam != 13) return kBadArity;
+  MK_DISPATCH(dtypes[0], run_cached, (params, ndims, shapes, dtypes));
+}
+
+// RopeQk(q [B, S, H * D], k [B, S, KV * D], cos, sin, q_norm_w, k_norm_w, cfg) -> (q, k) normed and rotated
+MK_KERNEL RopeQk(MK_ARGS) {
+  if (nparam != 9) return kBadArity;
+  MK_DISPATCH(dtypes[0], run_rope, (params, ndims, shapes, dtypes));
+}
+
+// Attention(q [B, S, H * D], k [B, KV, L, D], v [B, KV, L, D], mask [1 or B, 1, S, L], cfg) -> [B, S, H * D]
+MK_KERNEL Attention(MK_ARGS) {
+  if (nparam != 6) return kBadArity;
+  MK_DISPATCH(dtypes[0], run_attention, (params, ndims, shapes, dtypes));
+}
+
+// CachedAttentionPacked: the same with q, k and v stacked in input 0 (inputs 1 and 2 unused); a separate entry
+// point because its output shape differs (see infer.cc)
+MK_KERNEL CachedAttentionPacked(MK_ARGS) { return CachedAttention(nparam, params, ndims, shapes, dtypes, stream, extra); }

@@ -1,0 +1,79 @@
+// Output shapes and dtypes, computed in C++ when MindSpore compiles a graph (`<Kernel>InferShape` /
+// `<Kernel>InferType`, found by name). Python-side infer functions would not do: graphs that MindSpore finishes
+// compiling at run time (a whole-model forward in GRAPH_MODE) can only call C++ infer functions.
+// Every kernel's outputs have the first input's dtype. std::vector has the same layout under both libstdc++ ABIs.
+#include <cstdint>
+#include <vector>
+
+namespace {
+enum TypeId : int {};  // MindSpore's type ids: only passed through
+struct AotExtra;       // unused
+
+using Shape = std::vector<int64_t>;
+using Shapes = std::vector<Shape>;
+
+Shape shape_of(int *ndims, int64_t **shapes, int i) { return Shape(shapes[i], shapes[i] + ndims[i]); }
+
+Shape with_last(Shape shape, int64_t last) {
+  shape.back() = last;
+  return shape;
+}
+}  // namespace
+
+#define MK_INFER __attribute__((visibility("default")))
+#define MK_SAME_TYPE(kernel) \
+  extern "C" MK_INFER TypeId kernel##InferType(std::vector<TypeId> types, AotExtra *) { return types[0]; }
+#define MK_SAME_TYPES(kernel, outputs)                                                     \
+  extern "C" MK_INFER std::vector<TypeId> kernel##InferType(std::vector<TypeId> types, AotExtra *) { \
+    return std::vector<TypeId>(outputs, types[0]);                                         \
+  }
+
+extern "C" {
+MK_INFER Shape RmsNormInferShape(int *ndims, int64_t **shapes, AotExtra *) { return shape_of(ndims, shapes, 0); }
+MK_INFER Shape LayerNormInferShape(int *ndims, int64_t **shapes, AotExtra *) { return shape_of(ndims, shapes, 0); }
+MK_INFER Shapes AddRmsNormInferShape(int *ndims, int64_t **shapes, AotExtra *) {
+  return Shapes(2, shape_of(ndims, shapes, 0));
+}
+MK_INFER Shapes AddLayerNormInferShape(int *ndims, int64_t **shapes, AotExtra *) {
+  return Shapes(2, shape_of(ndims, shapes, 0));
+}
+// x [..., K], weight [N, K] -> [..., N]
+MK_INFER Shape LinearInferShape(int *ndims, int64_t **shapes, AotExtra *) {
+  return with_last(shape_of(ndims, shapes, 0), shapes[1][0]);
+}
+MK_INFER Shape LinearBiasInferShape(int *ndims, int64_t **shapes, AotExtra *) {
+  return with_last(shape_of(ndims, shapes, 0), shapes[1][0]);
+}
+MK_INFER Shape GatedLinearInferShape(int *ndims, int64_t **shapes, AotExtra *) {
+  return with_last(shape_of(ndims, shapes, 0), shapes[1][0]);
+}
+// gate_up [2N, K]
+MK_INFER Shape GatedLinearPackedInferShape(int *ndims, int64_t **shapes, AotExtra *) {
+  return with_last(shape_of(ndims, shapes, 0), shapes[1][0] / 2);
+}
+// q [B, S, H * D] -> the same
+MK_INFER Shape CachedAttentionInferShape(int *ndims, int64_t **shapes, AotExtra *) {
+  return shape_of(ndims, shapes, 0);
+}
+// packed [B, S, (H + 2 KV) * D] with the key cache (input 7) [B, KV, L, D] -> [B, S, H * D]
+MK_INFER Shape CachedAttentionPackedInferShape(int *ndims, int64_t **shapes, AotExtra *) {
+  return with_last(shape_of(ndims, shapes, 0), shapes[0][2] - 2 * shapes[7][1] * shapes[7][3]);
+}
+MK_INFER Shapes RopeQkInferShape(int *ndims, int64_t **shapes, AotExtra *) {
+  return Shapes{shape_of(ndims, shapes, 0), shape_of(ndims, shapes, 1)};
+}
+MK_INFER Shape AttentionInferShape(int *ndims, int64_t **shapes, AotExtra *) { return shape_of(ndims, shapes, 0); }
+}
+
+MK_SAME_TYPE(RmsNorm)
+MK_SAME_TYPE(LayerNorm)
+MK_SAME_TYPES(AddRmsNorm, 2)
+MK_SAME_TYPES(AddLayerNorm, 2)
+MK_SAME_TYPE(Linear)
+MK_SAME_TYPE(LinearBias)
+MK_SAME_TYPE(GatedLinear)
+MK_SAME_TYPE(GatedLinearPacked)
+MK_SAME_TYPE(CachedAttention)
+MK_SAME_TYPE(CachedAttentionPacked)
+MK_SAME_TYPES(RopeQk, 2)
+MK_SAME_TYPE(Attention)

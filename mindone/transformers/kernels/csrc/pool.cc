@@ -1,0 +1,127 @@
+// The thread pool behind mk::parallel_for: persistent workers that spin briefly for the next job (kernels of a
+// decode step follow each other within tens of microseconds) and then sleep on a futex, so an idle pool costs
+// no CPU. A forked child (msrun workers, test subprocesses) starts a pool of its own.
+#include <linux/futex.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "common.h"
+
+namespace mk {
+namespace {
+
+constexpr uint64_t kSpinNanoseconds = 200000;
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+inline uint64_t now_ns() {
+  timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return static_cast<uint64_t>(t.tv_sec) * 1000000000ull + t.tv_nsec;
+}
+
+long futex(std::atomic<int> *word, int op, int value) {
+  return syscall(SYS_futex, reinterpret_cast<int *>(word), op, value, nullptr, nullptr, 0);
+}
+
+int configured_threads() {
+  if (const char *env = std::getenv("MINDONE_KERNEL_THREADS")) {
+    int n = std::atoi(env);
+    if (n > 0) return n;
+  }
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) return CPU_COUNT(&set) > 0 ? CPU_COUNT(&set) : 1;
+  return 1;
+}
+
+class Pool {
+ public:
+  explicit Pool(int threads) : threads_(threads) {
+    for (int t = 1; t < threads_; t++) std::thread(&Pool::work, this, t).detach();
+  }
+  int threads() const { return threads_; }
+
+  // false when another kernel holds the pool: the caller then runs everything itself.
+  bool run(int64_t n, RangeFn fn, void *ctx) {
+    std::unique_lock<std::mutex> lock(busy_, std::try_to_lock);
+    if (!lock.owns_lock()) return false;
+    n_ = n, fn_ = fn, ctx_ = ctx;
+    pending_.store(threads_ - 1, std::memory_order_relaxed);
+    generation_.fetch_add(1, std::memory_order_release);
+    if (sleepers_.load(std::memory_order_acquire) > 0) futex(&generation_, FUTEX_WAKE_PRIVATE, threads_);
+    range(0);
+    while (pending_.load(std::memory_order_acquire) > 0) cpu_relax();
+    return true;
+  }
+
+ private:
+  void range(int t) {
+    int64_t begin = n_ * t / threads_, end = n_ * (t + 1) / threads_;
+    if (begin < end) fn_(ctx_, begin, end);
+  }
+
+  void work(int t) {
+    int seen = 0;  // the generation at construction: a job posted before this thread first runs is still taken
+    for (;;) {
+      uint64_t start = now_ns();
+      for (int spins = 0; generation_.load(std::memory_order_acquire) == seen; spins++) {
+        if ((spins & 255) == 255 && now_ns() - start > kSpinNanoseconds) {
+          sleepers_.fetch_add(1, std::memory_order_acq_rel);
+          futex(&generation_, FUTEX_WAIT_PRIVATE, seen);
+          sleepers_.fetch_sub(1, std::memory_order_acq_rel);
+          start = now_ns();
+        } else {
+          cpu_relax();
+        }
+      }
+      seen = generation_.load(std::memory_order_acquire);
+      range(t);
+      pending_.fetch_sub(1, std::memory_order_acq_rel);
+    }
+  }
+
+  const int threads_;
+  std::mutex busy_;
+  std::atomic<int> generation_{0}, pending_{0}, sleepers_{0};
+  int64_t n_ = 0;
+  RangeFn fn_ = nullptr;
+  void *ctx_ = nullptr;
+};
+
+Pool *pool() {
+  static std::mutex guard;
+  static Pool *instance = nullptr;
+  static pid_t owner = 0;
+  std::lock_guard<std::mutex> lock(guard);
+  if (instance == nullptr || owner != getpid()) {  // after fork() the parent's workers do not exist here
+    instance = new Pool(configured_threads());   // never freed: detached workers may still reference it
+    owner = getpid();
+  }
+  return instance;
+}
+
+}  // namespace
+
+int num_threads() { return pool()->threads(); }
+
+void parallel_for(int64_t n, int64_t grain, RangeFn fn, void *ctx) {
+  if (n <= 0) return;
+  Pool *p = pool();
+  if (p->threads() == 1 || n < 2 * grain || !p->run(n, fn, ctx)) fn(ctx, 0, n);
+}
+
+}  // namespace mk

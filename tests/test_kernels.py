@@ -1,0 +1,349 @@
+"""The fused CPU kernels against the composed MindSpore ops they replace (float32 within 1e-5), in PyNative and
+inside compiled graphs, and the build: one warning and the composed ops without a compiler or after a compile
+error, MINDONE_FUSED_KERNELS=0, a corrupt cached library rebuilt, two processes building at once."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import mindspore as ms
+import numpy as np
+import pytest
+from mindspore import ops
+
+from mindone.transformers import composed, kernels
+from mindone.transformers.kernels import builder
+
+RNG = np.random.default_rng(0)
+F32_MIN = float(np.finfo(np.float32).min)
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def built():
+    assert kernels.available(), "the kernels must build here: g++ is on every machine of this project"
+
+
+def tensor(array, dtype=ms.float32):
+    return ms.Tensor(np.asarray(array, np.float32), dtype)
+
+
+def randn(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def max_error(a, b) -> float:
+    return float(np.abs(a.astype(ms.float32).asnumpy() - b.astype(ms.float32).asnumpy()).max())
+
+
+# ---------------------------------------------------------------- norms
+@pytest.mark.parametrize("unit_offset", [False, True])
+@pytest.mark.parametrize("shape", [(1, 1, 576), (3, 5, 37), (2, 64)])
+def test_rms_norm_and_add_rms_norm(shape, unit_offset):
+    x, residual, weight = tensor(randn(*shape)), tensor(randn(*shape)), tensor(randn(shape[-1]))
+    config = kernels.config(1e-5, unit_offset)
+    assert max_error(kernels.RMS_NORM(x, weight, config), composed.rms_norm(x, weight, 1e-5, unit_offset)) <= 1e-5
+    total, normed = kernels.ADD_RMS_NORM(x, residual, weight, config)
+    assert max_error(total, x + residual) == 0.0
+    assert max_error(normed, composed.rms_norm(x + residual, weight, 1e-5, unit_offset)) <= 1e-5
+
+
+def test_rms_norm_float16():
+    x, weight = tensor(randn(4, 96), ms.float16), tensor(randn(96), ms.float16)
+    fused = kernels.RMS_NORM(x, weight, kernels.config(1e-6, 0))
+    assert fused.dtype == ms.float16
+    assert max_error(fused, composed.rms_norm(x, weight, 1e-6, False)) <= 4e-3  # one fp16 rounding apart
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 768), (2, 7, 33)])
+def test_layer_norm_and_add_layer_norm(shape):
+    x, residual = tensor(randn(*shape)), tensor(randn(*shape))
+    weight, bias = tensor(randn(shape[-1])), tensor(randn(shape[-1]))
+    reference = ops.LayerNorm(-1, -1, 1e-5)
+    eps = kernels.config(1e-5)
+    assert max_error(kernels.LAYER_NORM(x, weight, bias, eps), reference(x, weight, bias)[0]) <= 1e-5
+    total, normed = kernels.ADD_LAYER_NORM(x, residual, weight, bias, eps)
+    assert max_error(total, x + residual) == 0.0 and max_error(normed, reference(x + residual, weight, bias)[0]) <= 1e-5
+
+
+# ---------------------------------------------------------------- matrix products
+SHAPES = [(1, 37, 37), (1, 1536, 576), (2, 100, 576), (3, 9, 40), (5, 33, 17), (8, 1536, 576), (8, 576, 1536)]
+
+
+def _relative(fused, reference) -> float:
+    scale = max(1.0, float(np.abs(reference.asnumpy()).max()))
+    return max_error(fused, reference) / scale
+
+
+@pytest.mark.parametrize("rows, out_features, in_features", SHAPES)
+def test_linear(rows, out_features, in_features):
+    x, weight, bias = tensor(randn(rows, in_features)), tensor(randn(out_features, in_features)), tensor(randn(out_features))
+    reference = ops.MatMul(transpose_b=True)(x, weight)
+    assert _relative(kernels.LINEAR(x, weight), reference) <= 1e-6
+    assert _relative(kernels.LINEAR_BIAS(x, weight, bias), reference + bias) <= 1e-6
+    x3 = x.reshape(1, rows, in_features)
+    assert kernels.LINEAR(x3, weight).shape == (1, rows, out_features)
+
+
+ACTIVATIONS = {"silu": (0, ops.silu), "gelu_tanh": (1, lambda g: ops.gelu(g, "tanh")), "gelu": (2, lambda g: ops.gelu(g, "none")),
+               "relu": (3, ops.relu)}  # fmt: skip
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("rows, out_features, in_features", SHAPES[:5])
+def test_gated_linear(rows, out_features, in_features, activation):
+    code, act = ACTIVATIONS[activation]
+    x = tensor(randn(rows, in_features) * 0.3)
+    gate, up = tensor(randn(out_features, in_features) * 0.3), tensor(randn(out_features, in_features) * 0.3)
+    matmul = ops.MatMul(transpose_b=True)
+    reference = act(matmul(x, gate)) * matmul(x, up)
+    config = kernels.config(code)
+    assert _relative(kernels.GATED_LINEAR(x, gate, up, config), reference) <= 1e-5
+    packed = ms.Tensor(np.concatenate([gate.asnumpy(), up.asnumpy()]))
+    assert _relative(kernels.GATED_LINEAR_PACKED(x, packed, config), reference) <= 1e-5
+
+
+def test_linear_float16():
+    x, weight = tensor(randn(2, 64), ms.float16), tensor(randn(48, 64), ms.float16)
+    fused = kernels.LINEAR(x, weight)
+    assert fused.dtype == ms.float16
+    assert _relative(fused, ops.MatMul(transpose_b=True)(x.astype(ms.float32), weight.astype(ms.float32))) <= 1e-3
+
+
+# ---------------------------------------------------------------- attention
+class Case:
+    """Projections, rotary tables, caches and masks for one attention call, and the composed ops' answer."""
+
+    def __init__(self, batch=2, seq=5, heads=6, kv_heads=2, head_dim=16, slots=24, start=7, scaling=0.25, softcap=None,
+                 rotary_dim=16, norm_eps=0.0, unit_offset=False, window=None, padding=(0, 3), dtype=ms.float32):  # fmt: skip
+        settings = dict(locals())
+        settings.pop("self")
+        self.__dict__.update(settings)
+        d = head_dim
+        self.q, self.k, self.v = randn(batch, seq, heads * d), randn(batch, seq, kv_heads * d), randn(batch, seq, kv_heads * d)
+        angles = randn(batch, 1, seq, d) * 3
+        self.cos, self.sin = np.cos(angles), np.sin(angles)
+        self.cos[..., rotary_dim:], self.sin[..., rotary_dim:] = 1.0, 0.0
+        self.q_norm, self.k_norm = randn(d), randn(d)
+        self.k_cache, self.v_cache = randn(batch, kv_heads, slots, d), randn(batch, kv_heads, slots, d)
+        self.positions = np.arange(start, start + seq, dtype=np.int32)
+        visible = np.arange(slots)[None, :] <= self.positions[:, None]
+        if window is not None:
+            visible &= np.arange(slots)[None, :] > self.positions[:, None] - window
+        visible = np.broadcast_to(visible, (batch, seq, slots)).copy()
+        for row, pad in enumerate(padding):
+            visible[row, :, :pad] = False
+        self.mask = np.where(visible, 0.0, F32_MIN).astype(np.float32)[:, None]
+        self.config = kernels.config(scaling, softcap or 0.0, rotary_dim, norm_eps, unit_offset, False, heads, kv_heads)
+
+    def t(self, array):
+        return tensor(array, self.dtype)
+
+    def _heads(self, x, n):
+        return self.t(x).reshape(self.batch, self.seq, n, self.head_dim).swapaxes(1, 2)
+
+    def rotated(self):
+        q, k = self._heads(self.q, self.heads), self._heads(self.k, self.kv_heads)
+        if self.norm_eps:
+            q = composed.rms_norm(q, self.t(self.q_norm), self.norm_eps, self.unit_offset)
+            k = composed.rms_norm(k, self.t(self.k_norm), self.norm_eps, self.unit_offset)
+        if self.rotary_dim:
+            rotation = composed.rotate_half_matrix(self.head_dim, self.dtype, self.rotary_dim)
+            cos, sin = self.t(self.cos), self.t(self.sin)
+            q, k = composed.rotate(q, cos, sin, rotation), composed.rotate(k, cos, sin, rotation)
+        return q, k
+
+    def reference(self):
+        """(output [B, S, H * D], key cache, value cache) by the composed ops."""
+        q, k = self.rotated()
+        keys, values = self.k_cache.copy(), self.v_cache.copy()
+        keys[:, :, self.positions] = k.astype(ms.float32).asnumpy()
+        values[:, :, self.positions] = self._heads(self.v, self.kv_heads).astype(ms.float32).asnumpy()
+        out = composed.attention(q, self.t(keys), self.t(values), self.t(self.mask), self.scaling, self.softcap)
+        return out.reshape(self.batch, self.seq, -1), keys, values
+
+    def fused(self, packed=False):
+        keys = ms.Parameter(self.t(self.k_cache), name="keys")
+        values = ms.Parameter(self.t(self.v_cache), name="values")
+        config = self.config
+        q, k, v = self.t(self.q), self.t(self.k), self.t(self.v)
+        if packed:
+            q = k = v = self.t(np.concatenate([self.q, self.k, self.v], -1))
+            config = kernels.config(*self.config.asnumpy()[:5], 1, *self.config.asnumpy()[6:])
+        attention = kernels.CACHED_ATTENTION_PACKED if packed else kernels.CACHED_ATTENTION
+        out = attention(q, k, v, self.t(self.cos), self.t(self.sin), self.t(self.q_norm), self.t(self.k_norm), keys,
+                        values, ms.Tensor(self.positions), self.t(self.mask), config)  # fmt: skip
+        return out, keys, values
+
+
+CASES = {
+    "gqa_decode": dict(seq=1, start=9),
+    "gqa_prefill_padding": dict(seq=12, start=0, slots=16, padding=(0, 5)),
+    "mha": dict(heads=4, kv_heads=4),
+    "mqa": dict(heads=4, kv_heads=1, head_dim=64, slots=40),
+    "sliding_window": dict(seq=8, start=3, window=4),
+    "softcap_scaling": dict(softcap=2.0, scaling=0.1),
+    "partial_rotary": dict(rotary_dim=8),
+    "no_rotary": dict(rotary_dim=0),
+    "qk_norm": dict(norm_eps=1e-6),
+    "qk_norm_unit_offset": dict(norm_eps=1e-6, unit_offset=True),
+    "head_dim_96_odd_slots": dict(head_dim=96, slots=37, rotary_dim=48),
+    "fully_masked_query_row": dict(seq=3, start=0, slots=8, padding=(2, 0)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_cached_attention(name):
+    case = Case(**CASES[name])
+    expected, keys, values = case.reference()
+    out, key_cache, value_cache = case.fused()
+    assert max_error(out, expected) <= 1e-5
+    assert np.abs(key_cache.asnumpy() - keys).max() <= 1e-5 and np.abs(value_cache.asnumpy() - values).max() == 0.0
+
+
+def test_cached_attention_packed_qkv():
+    case = Case(rotary_dim=8)
+    expected, keys, _ = case.reference()
+    out, key_cache, _ = case.fused(packed=True)
+    assert out.shape == expected.shape and max_error(out, expected) <= 1e-5
+    assert np.abs(key_cache.asnumpy() - keys).max() <= 1e-5
+
+
+def test_cached_attention_float16():
+    case = Case(dtype=ms.float16)
+    expected, _, _ = case.reference()
+    out, _, _ = case.fused()
+    assert out.dtype == ms.float16 and max_error(out, expected) <= 1e-2
+
+
+@pytest.mark.parametrize("name", ["gqa_prefill_padding", "qk_norm_unit_offset", "softcap_scaling"])
+def test_rope_then_attention_over_given_keys(name):
+    """The path for a DynamicCache: rotate (and norm) q and k, then attend over key/value tensors."""
+    case = Case(**CASES[name])
+    q, k = kernels.ROPE_QK(case.t(case.q), case.t(case.k), case.t(case.cos), case.t(case.sin), case.t(case.q_norm),
+                           case.t(case.k_norm), case.config)  # fmt: skip
+    q_ref, k_ref = case.rotated()
+    assert max_error(q, q_ref.swapaxes(1, 2).reshape(q.shape)) <= 1e-5
+    assert max_error(k, k_ref.swapaxes(1, 2).reshape(k.shape)) <= 1e-5
+    expected, keys, values = case.reference()
+    out = kernels.ATTENTION(q, case.t(keys), case.t(values), case.t(case.mask), case.config)
+    assert max_error(out, expected) <= 1e-5
+
+
+class _Layer(ms.nn.Cell):
+    """A norm, a projection and cached attention in one cell, to compile the kernels into a graph."""
+
+    def __init__(self, case):
+        super().__init__()
+        self.case = case
+        self.keys = ms.Parameter(case.t(case.k_cache), name="keys")
+        self.values = ms.Parameter(case.t(case.v_cache), name="values")
+        self.weight = ms.Parameter(case.t(np.eye(case.heads * case.head_dim)), name="weight")
+        self.norm = ms.Parameter(case.t(np.ones(case.heads * case.head_dim)), name="norm")
+        self.norm_config = kernels.config(1e-6, 0)
+
+    def construct(self, q, k, v, cos, sin, positions, mask, config, q_norm, k_norm):
+        q = kernels.LINEAR(kernels.RMS_NORM(q, self.norm, self.norm_config), self.weight)
+        return kernels.CACHED_ATTENTION(q, k, v, cos, sin, q_norm, k_norm, self.keys, self.values, positions, mask, config)
+
+
+def test_kernels_inside_a_compiled_graph():
+    case = Case(seq=1, start=4)
+    layer = _Layer(case)
+    inputs = (case.t(case.q), case.t(case.k), case.t(case.v), case.t(case.cos), case.t(case.sin), ms.Tensor(case.positions),
+              case.t(case.mask), case.config, case.t(case.q_norm), case.t(case.k_norm))  # fmt: skip
+    pynative = layer(*inputs)
+    layer.keys.set_data(case.t(case.k_cache))
+    compiled = ms.jit(layer.construct)(*inputs)
+    assert max_error(compiled, pynative) <= 1e-6
+    _, keys, _ = case.reference()
+    assert np.abs(layer.keys.asnumpy() - keys).max() <= 1e-5  # the in-place cache write survived compilation
+
+
+# ---------------------------------------------------------------- the build and its fallback
+def _python(code: str, env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "GLOG_v": "3", **env}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=full_env,
+                          timeout=timeout, check=False)  # fmt: skip
+
+
+TINY_MODEL = """
+    import logging, sys
+    import numpy as np, mindspore as ms
+    from mindone.transformers import LlamaForCausalLM, kernels
+    model = LlamaForCausalLM.from_pretrained(sys.argv[1] if len(sys.argv) > 1 else {path!r})
+    ids = ms.Tensor(np.arange(3, 12).reshape(1, 9), ms.int32)
+    print("AVAILABLE", kernels.available())
+    print("TOKENS", model.generate(ids, max_new_tokens=8).asnumpy().tolist())
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from helpers import save_tiny_llama
+
+    path = tmp_path_factory.mktemp("tiny")
+    save_tiny_llama(path, seed=5)
+    return str(path)
+
+
+def _tokens(result) -> str:
+    assert result.returncode == 0, result.stderr[-3000:]
+    return next(line for line in result.stdout.splitlines() if line.startswith("TOKENS"))
+
+
+def test_without_a_compiler_one_warning_and_the_composed_ops(tiny_model, tmp_path):
+    fused = _python(TINY_MODEL.format(path=tiny_model), {"MINDONE_CACHE": str(tmp_path / "fused")})
+    missing = _python(TINY_MODEL.format(path=tiny_model),
+                      {"MINDONE_CACHE": str(tmp_path / "none"), "CXX": "", "PATH": str(tmp_path / "empty")})  # fmt: skip
+    assert "AVAILABLE True" in fused.stdout and "AVAILABLE False" in missing.stdout
+    warnings = [line for line in missing.stderr.splitlines() if "fused CPU kernels unavailable" in line]
+    assert len(warnings) == 1 and "no C++ compiler found" in warnings[0]
+    assert _tokens(missing) == _tokens(fused)
+
+
+def test_a_compile_error_names_the_log(tiny_model, tmp_path):
+    broken = tmp_path / "broken-cxx"
+    broken.write_text("#!/bin/sh\necho 'fatal error: simulated' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    result = _python(TINY_MODEL.format(path=tiny_model), {"MINDONE_CACHE": str(tmp_path / "cache"), "CXX": str(broken)})
+    warnings = [line for line in result.stderr.splitlines() if "fused CPU kernels unavailable" in line]
+    assert len(warnings) == 1 and "AVAILABLE False" in result.stdout
+    log = Path(warnings[0].split("compiler output: ")[1])
+    assert log.is_file() and "fatal error: simulated" in log.read_text()
+    assert not list((tmp_path / "cache" / "kernels").glob("*.so")), "no library is left behind"
+
+
+def test_environment_variable_forces_the_composed_ops(tiny_model, tmp_path):
+    result = _python(TINY_MODEL.format(path=tiny_model), {"MINDONE_FUSED_KERNELS": "0", "MINDONE_CACHE": str(tmp_path)})
+    assert "AVAILABLE False" in result.stdout and "unavailable" not in result.stderr
+    assert not (tmp_path / "kernels").exists(), "nothing is compiled when the kernels are switched off"
+
+
+def test_a_corrupt_cached_library_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINDONE_CACHE", str(tmp_path))
+    library = builder.build()
+    good = library.read_bytes()
+    torn = library.with_name("torn")
+    torn.write_bytes(good[: len(good) // 2])  # half a library, as a crash or a full disk leaves it
+    os.replace(torn, library)  # a new file: this process keeps the good one mapped
+    assert not builder._valid(library, library.with_suffix(".sha256"))
+    rebuilt = builder.build()
+    assert rebuilt == library and len(rebuilt.read_bytes()) == len(good)
+    assert builder._valid(rebuilt, rebuilt.with_suffix(".sha256")) and builder._loads(rebuilt)
+
+
+def test_two_processes_building_at_once_make_one_good_library(tmp_path):
+    code = "from mindone.transformers.kernels.builder import build; print('LIB', build())"
+    env = {**os.environ, "MINDONE_CACHE": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env) for _ in range(2)]  # fmt: skip
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outputs]
+    paths = {line.split()[1] for out, _ in outputs for line in out.splitlines() if line.startswith("LIB")}
+    assert len(paths) == 1
+    libraries = list((tmp_path / "kernels").glob("*.so"))
+    assert [str(p) for p in libraries] == list(paths) and not list((tmp_path / "kernels").glob(".*.tmp"))
+    assert builder._valid(libraries[0], libraries[0].with_suffix(".sha256")) and builder._loads(libraries[0])
