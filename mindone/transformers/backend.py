@@ -1,4 +1,9 @@
-"""Every choice that depends on the MindSpore device target lives here.
+"""Every choice that depends on the MindSpore device target, or on whether the fused CPU kernels are built, lives here.
+
+Layers ask for a kernel once, at construction (`norm_kernel`, `attention_kernel`, `gated_mlp_kernel`), keep the
+answer ("fused": the C++ custom ops of `kernels/`, "ascend": Ascend's built-in fused ops, "composed": plain
+MindSpore ops from `composed.py`) and pass it back to the functions below, which dispatch on it. The answer is a
+Python constant, so compiled graphs contain only the chosen branch.
 
 The CPU backend lacks many `mint` kernels (embedding and argmax in PyNative, multinomial, bf16 matmul, fused
 RMSNorm/attention); model and generation code call these helpers instead of picking ops themselves.
@@ -9,8 +14,16 @@ import functools
 import mindspore as ms
 from mindspore import mint, ops
 
+from . import composed, kernels
+
 _matmul_nt = ops.MatMul(transpose_b=True)
 _matmul = ops.MatMul()
+
+# Rows of activations up to which the fused matrix-vector kernel beats MindSpore's MatMul on CPU (measured with
+# SmolLM2's projections: 1.2x at 4-8 rows, 2x slower from 16 rows, where MatMul's blocked GEMM wins).
+FUSED_LINEAR_MAX_ROWS = 8
+_KERNEL_DTYPES = (ms.float32, ms.float16)
+ACTIVATIONS = {"silu": 0, "swish": 0, "gelu_pytorch_tanh": 1, "gelu_new": 1, "gelu": 2, "relu": 3}
 
 
 def device_target() -> str:
@@ -21,6 +34,11 @@ def is_ascend() -> bool:
     return device_target() == "Ascend"
 
 
+def fused_cpu_kernels() -> bool:
+    """The C++ kernels are used on the CPU backend when they built (see kernels/__init__.py)."""
+    return device_target() == "CPU" and kernels.available()
+
+
 @functools.lru_cache(maxsize=None)
 def prepare_runtime() -> None:
     """On CPU, PyNative dispatches ops asynchronously and pays ~1.4 ms per op for it on 2 cores; blocking launch
@@ -29,11 +47,19 @@ def prepare_runtime() -> None:
         ms.runtime.launch_blocking()
 
 
-def linear(x: ms.Tensor, weight: ms.Tensor, bias=None) -> ms.Tensor:
+def linear_kernel(dtype) -> str:
+    """"fused" where the matrix-vector kernel can serve decoding, else "matmul"."""
+    return "fused" if dtype in _KERNEL_DTYPES and fused_cpu_kernels() else "matmul"
+
+
+def linear(x: ms.Tensor, weight: ms.Tensor, bias=None, kernel: str = "matmul") -> ms.Tensor:
     """x @ weight.T (+ bias) with the weight kept in Hugging Face's (out, in) layout.
 
-    In PyNative a 2-D MatMul with transpose_b is 40x faster on CPU than mint.nn.functional.linear; in a compiled
-    SmolLM2 decode step the two are within noise of each other (62.5 vs 65.3 ms/token), so one choice serves both."""
+    With kernel "fused", decoding (a few rows) uses the fused kernel, which splits the weight rows over both cores.
+    Otherwise a 2-D MatMul with transpose_b: in PyNative 40x faster on CPU than mint.nn.functional.linear, and
+    within noise of it inside a compiled graph."""
+    if kernel == "fused" and x.size // x.shape[-1] <= FUSED_LINEAR_MAX_ROWS:
+        return kernels.LINEAR(x, weight) if bias is None else kernels.LINEAR_BIAS(x, weight, bias)
     if x.ndim == 2:
         out = _matmul_nt(x, weight)
     else:
@@ -48,18 +74,8 @@ def linear_in_out(x: ms.Tensor, weight: ms.Tensor, bias=None) -> ms.Tensor:
     return out if bias is None else out + bias
 
 
-def layer_norm(x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor, eps: float) -> ms.Tensor:
-    """LayerNorm over the last axis. mint's LayerNormExt (mint.nn.functional.layer_norm, ops.layer_norm) is not
-    registered on CPU; the LayerNorm primitive is, on every backend, and is 10x faster on CPU in PyNative than the
-    composed mean/var/rsqrt."""
-    return ops.LayerNorm(-1, -1, eps)(x, weight, bias)[0]
-
-
 def expand_as(x: ms.Tensor, like: ms.Tensor) -> ms.Tensor:
-    """`x` broadcast to `like`'s shape, for an elementwise op with `like`. The CPU Mul/Add kernels of a compiled
-    graph keep two index tables the size of their output (16 bytes per element, never freed) whenever they
-    broadcast implicitly; with equal shapes they keep none. Prefill at batch 8 x 128 tokens: +4.3 GB -> +1.4 GB."""
-    return x.broadcast_to(like.shape)
+    return composed.expand_as(x, like)
 
 
 def gelu(x: ms.Tensor, approximate: str) -> ms.Tensor:
@@ -91,45 +107,160 @@ def arange(n: int) -> ms.Tensor:
     return ops.arange(0, n, dtype=ms.int32)
 
 
-# ---------------------------------------------------------------- fused kernels (Ascend only)
-def attention_kernel(requested=None, dtype=ms.float16, head_dim: int = 64) -> str:
-    """Ascend: "flash" (ops.flash_attention_score) for float16/bfloat16 and head_dim a multiple of 16 (the kernel's
-    limits), unless `attn_implementation="eager"` is asked for. Elsewhere: "eager" (matmul + softmax). HF's "sdpa" /
-    "flash_attention_2" requests map to the fused kernel where it applies."""
-    fits = dtype in (ms.float16, ms.bfloat16) and head_dim % 16 == 0 and head_dim <= 512
-    return "flash" if is_ascend() and fits and requested != "eager" else "eager"
-
-
-def uses_fused_norm() -> bool:
-    return is_ascend()
-
-
-def uses_fused_rotary() -> bool:
-    return is_ascend()
-
-
-def flash_attention(query, key, value, attention_mask, scaling: float):
-    """[batch, heads, seq, dim] inputs (fewer kv heads allowed) -> [batch, seq, heads, dim]. The kernel takes a
-    boolean mask where True means "do not attend", so the additive mask is converted."""
-    discard = None if attention_mask is None else (attention_mask < 0).astype(ms.uint8)
-    output = ops.flash_attention_score(
-        query, key, value, query.shape[1], attn_mask=discard, scalar_value=scaling, input_layout="BNSD"
-    )
-    return output.swapaxes(1, 2)
-
-
-def fused_rms_norm(hidden_states, weight, eps: float):
-    return ops.rms_norm(hidden_states, weight, eps)[0]
-
-
-def fused_rotary(x, cos, sin):
-    """Half-split (rotate_half) rotary embedding on [batch, heads, seq, dim] with cos/sin [batch, 1, seq, dim]."""
-    return ops.rotary_position_embedding(x, cos, sin, 0)
-
-
 def check_dtype_supported(dtype) -> None:
     if dtype == ms.bfloat16 and device_target() == "CPU":
         raise ValueError(
             "bfloat16 matmul is not available on MindSpore's CPU backend: load with dtype=ms.float32 "
             "(or float16), or run on Ascend"
         )
+
+
+# ---------------------------------------------------------------- norms
+def norm_kernel(unit_offset: bool, dtype) -> str:
+    """Ascend's rms_norm / add_rms_norm take the weight as the scale (Gemma's 1 + weight needs the composed ops);
+    the fused CPU kernels handle both."""
+    if is_ascend():
+        return "composed" if unit_offset else "ascend"
+    return "fused" if dtype in _KERNEL_DTYPES and fused_cpu_kernels() else "composed"
+
+
+def norm_config(kernel: str, eps: float, unit_offset: bool = False):
+    return kernels.config(eps, unit_offset) if kernel == "fused" else None
+
+
+def rms_norm(kernel: str, x, weight, eps: float, unit_offset: bool, config):
+    if kernel == "fused":
+        return kernels.RMS_NORM(x, weight, config)
+    if kernel == "ascend":
+        return ops.rms_norm(x, weight, eps)[0]
+    return composed.rms_norm(x, weight, eps, unit_offset)
+
+
+def add_rms_norm(kernel: str, x, residual, weight, eps: float, unit_offset: bool, config):
+    """(x + residual, rms_norm(x + residual)): the residual add fused into the norm that follows it."""
+    if kernel == "fused":
+        return kernels.ADD_RMS_NORM(x, residual, weight, config)
+    if kernel == "ascend":
+        normed, _, total = ops.add_rms_norm(x, residual, weight, eps)
+        return total, normed
+    total = x + residual
+    return total, composed.rms_norm(total, weight, eps, unit_offset)
+
+
+def layer_norm(kernel: str, x, weight, bias, eps: float, config):
+    """mint's LayerNormExt (mint.nn.functional.layer_norm, ops.layer_norm) is not registered on CPU; the LayerNorm
+    primitive is, on every backend, and is 10x faster on CPU in PyNative than the composed mean/var/rsqrt."""
+    if kernel == "fused":
+        return kernels.LAYER_NORM(x, weight, bias, config)
+    return ops.LayerNorm(-1, -1, eps)(x, weight, bias)[0]
+
+
+def add_layer_norm(kernel: str, x, residual, weight, bias, eps: float, config):
+    if kernel == "fused":
+        return kernels.ADD_LAYER_NORM(x, residual, weight, bias, config)
+    total = x + residual
+    return total, ops.LayerNorm(-1, -1, eps)(total, weight, bias)[0]
+
+
+# ---------------------------------------------------------------- gated MLP
+def gated_mlp_kernel(activation: str, bias: bool, dtype) -> str:
+    """"fused": one kernel computes act(x @ gate^T) * (x @ up^T) for decoding (bias-free projections);
+    "swiglu": Ascend's fused silu(gate) * up over a packed gate/up output; "composed" otherwise."""
+    if is_ascend():
+        return "swiglu" if activation in ("silu", "swish") else "composed"
+    fits = not bias and activation in ACTIVATIONS and dtype in _KERNEL_DTYPES
+    return "fused" if fits and fused_cpu_kernels() else "composed"
+
+
+def gated_mlp_config(kernel: str, activation: str):
+    return kernels.config(ACTIVATIONS[activation]) if kernel == "fused" else None
+
+
+def gated_mlp(kernel: str, x, gate, up, act_fn, act_config, packed: bool):
+    """act(x @ gate^T) * (x @ up^T). `gate` and `up` are the projection cells; with `packed` the one cell `gate`
+    holds both (gate rows first, Phi-3's gate_up_proj) and `up` is None."""
+    rows = x.size // x.shape[-1]
+    if kernel == "fused" and rows <= FUSED_LINEAR_MAX_ROWS:
+        if packed:
+            return kernels.GATED_LINEAR_PACKED(x, gate.weight, act_config)
+        return kernels.GATED_LINEAR(x, gate.weight, up.weight, act_config)
+    if packed:
+        both = gate(x)
+        if kernel == "swiglu":
+            return ops.swiglu(both, -1)
+        half = both.shape[-1] // 2
+        return act_fn(both[..., :half]) * both[..., half:]
+    return act_fn(gate(x)) * up(x)
+
+
+# ---------------------------------------------------------------- attention
+def attention_kernel(requested=None, dtype=ms.float16, head_dim: int = 64, softcap=None) -> str:
+    """CPU: "fused" (the C++ kernel: rotary, q/k norm, cache write and attention in one op) when it built.
+    Ascend: "flash" (flash_attention_score for prefill, incre_flash_attention for decoding) for float16/bfloat16,
+    head_dim a multiple of 16 and no soft-capping (the kernels' limits), unless `attn_implementation="eager"`
+    is asked for. Otherwise "eager" (matmul + softmax). HF's "sdpa" / "flash_attention_2" requests map to the
+    fused kernels where they apply."""
+    if is_ascend():
+        fits = dtype in (ms.float16, ms.bfloat16) and head_dim % 16 == 0 and head_dim <= 512 and softcap is None
+        return "flash" if fits and requested != "eager" else "eager"
+    return "fused" if dtype in _KERNEL_DTYPES and fused_cpu_kernels() else "eager"
+
+
+def uses_fused_rotary(kernel: str, partial: bool) -> bool:
+    """Ascend's rotary_position_embedding rotates whole heads: partial rotary keeps the composed rotation."""
+    return kernel == "flash" and not partial
+
+
+def attention_config(kernel: str, scaling: float, softcap, rotary_dim: int, heads: int, kv_heads: int,
+                     norm_eps: float = 0.0, norm_unit_offset: bool = False, packed: bool = False):  # fmt: skip
+    """The fused kernel's settings: query scaling, soft-cap (0: none), rotary dimensions (0: no rotary), q/k norm
+    epsilon (0: no norm) and unit offset, whether q/k/v arrive packed in one projection, head counts."""
+    if kernel != "fused":
+        return None
+    return kernels.config(scaling, softcap or 0.0, rotary_dim, norm_eps, norm_unit_offset, packed, heads, kv_heads)
+
+
+def fused_attention(query, key, value, cos, sin, q_norm, k_norm, mask, cache, layer_idx: int, cache_position,
+                    config, packed: bool, heads: int, kv_heads: int, head_dim: int):  # fmt: skip
+    """Attention over projections [batch, seq, heads * head_dim] (with `packed`, q, k and v stacked in `query`):
+    q/k norm, rotary and a static cache's update inside one kernel; returns [batch, seq, heads * head_dim]. Without
+    a static cache (a DynamicCache, or none) the rotated keys and values go through the cache's `update` first."""
+    if cache is not None and cache.is_static:
+        keys, values = cache.layer_buffers(layer_idx)
+        if packed:
+            return kernels.CACHED_ATTENTION_PACKED(query, key, value, cos, sin, q_norm, k_norm, keys, values,
+                                                   cache_position, mask, config)  # fmt: skip
+        return kernels.CACHED_ATTENTION(query, key, value, cos, sin, q_norm, k_norm, keys, values, cache_position, mask, config)
+    if packed:
+        q_size, kv_size = heads * head_dim, kv_heads * head_dim
+        query, key, value = query[..., :q_size], query[..., q_size : q_size + kv_size], query[..., q_size + kv_size :]
+    query, key = kernels.ROPE_QK(query, key, cos, sin, q_norm, k_norm, config)
+    batch, seq = query.shape[0], query.shape[1]
+    key = key.reshape(batch, seq, kv_heads, head_dim).swapaxes(1, 2)
+    value = value.reshape(batch, seq, kv_heads, head_dim).swapaxes(1, 2)
+    if cache is not None:
+        key, value = cache.update(key, value, layer_idx, {"cache_position": cache_position})
+    return kernels.ATTENTION(query, key, value, mask, config)
+
+
+def flash_attention(query, key, value, attention_mask, scaling: float):
+    """Ascend, [batch, heads, seq, dim] inputs (fewer kv heads allowed) -> [batch, seq, heads, dim]. The kernels
+    take a boolean mask where True means "do not attend", so the additive mask is converted. One query token
+    (decoding) uses incre_flash_attention, longer inputs flash_attention_score."""
+    discard = None if attention_mask is None else (attention_mask < 0).astype(ms.uint8)
+    heads, kv_heads = query.shape[1], key.shape[1]
+    if query.shape[2] == 1:
+        output = ops.incre_flash_attention(
+            query, [key], [value], attn_mask=discard, num_heads=heads, input_layout="BNSD", scale_value=scaling,
+            num_key_value_heads=kv_heads,
+        )  # fmt: skip
+    else:
+        output = ops.flash_attention_score(
+            query, key, value, heads, attn_mask=discard, scalar_value=scaling, input_layout="BNSD"
+        )
+    return output.swapaxes(1, 2)
+
+
+def rotary(x, cos, sin):
+    """Ascend: half-split (rotate_half) rotary embedding on [batch, heads, seq, dim], cos/sin [batch, 1, seq, dim]."""
+    return ops.rotary_position_embedding(x, cos, sin, 0)

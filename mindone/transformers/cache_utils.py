@@ -79,9 +79,10 @@ class DynamicCache(Cache):
 class StaticCache(Cache, nn.Cell):
     """Preallocated keys/values, written in place at `cache_position`, so one compiled graph serves every decode step.
 
-    Each layer's buffer is a Parameter shaped [max_cache_len, batch, kv_heads, head_dim]: the slot axis comes first
-    because `ops.scatter_update` (which compiles on every backend) writes along axis 0. `update` returns the whole
-    buffer as [batch, kv_heads, max_cache_len, head_dim]; slots not written yet are masked out by `attention_mask`."""
+    Each layer's buffer is a Parameter shaped [batch, kv_heads, max_cache_len, head_dim] (Hugging Face's layout).
+    The fused attention kernel writes its new keys and values into `layer_buffers` itself; `update` writes them
+    with an in-place scatter and returns the whole buffers. Slots not written yet are masked out by
+    `attention_mask`."""
 
     is_static = True
 
@@ -91,7 +92,7 @@ class StaticCache(Cache, nn.Cell):
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
         self.max_cache_len, self.max_batch_size, self.dtype = max_cache_len, max_batch_size, dtype
-        shape = (max_cache_len, max_batch_size, kv_heads, head_dim)
+        shape = (max_batch_size, kv_heads, max_cache_len, head_dim)
         self.keys = ms.ParameterTuple(
             Parameter(ms.Tensor(np.zeros(shape), dtype), name=f"static_cache.key.{i}", requires_grad=False)
             for i in range(text.num_hidden_layers)
@@ -100,14 +101,24 @@ class StaticCache(Cache, nn.Cell):
             Parameter(ms.Tensor(np.zeros(shape), dtype), name=f"static_cache.value.{i}", requires_grad=False)
             for i in range(text.num_hidden_layers)
         )
+        # [batch, kv_heads, 1, 2] (row, head) pairs: with the slot appended, the scatter index of each written vector
+        self.row_head = ms.Tensor(np.stack(np.meshgrid(np.arange(max_batch_size), np.arange(kv_heads), indexing="ij"), -1)
+                                  .reshape(max_batch_size, kv_heads, 1, 2).astype(np.int32))  # fmt: skip
         self.seen_tokens = 0  # host-side count, kept by the generation loop
 
+    def layer_buffers(self, layer_idx: int):
+        return self.keys[layer_idx], self.values[layer_idx]
+
     def update(self, key_states, value_states, layer_idx: int, cache_kwargs: Optional[dict] = None):
+        """key/value_states [batch, kv_heads, seq, head_dim] go to slots cache_position[0..seq)."""
         positions = cache_kwargs["cache_position"]
+        batch, heads, seq, _ = key_states.shape
+        slots = positions.reshape(1, 1, seq, 1).broadcast_to((batch, heads, seq, 1))
+        index = mint.cat([self.row_head.broadcast_to((batch, heads, seq, 2)), slots], dim=-1)
         keys, values = self.keys[layer_idx], self.values[layer_idx]
-        ops.scatter_update(keys, positions, key_states.transpose(2, 0, 1, 3))
-        ops.scatter_update(values, positions, value_states.transpose(2, 0, 1, 3))
-        return keys.transpose(1, 2, 0, 3), values.transpose(1, 2, 0, 3)
+        ops.scatter_nd_update(keys, index, key_states)
+        ops.scatter_nd_update(values, index, value_states)
+        return keys, values
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seen_tokens
@@ -130,4 +141,4 @@ class StaticCache(Cache, nn.Cell):
     def reorder_cache(self, beam_idx: ms.Tensor) -> None:
         """Select batch rows (beam search), in place."""
         for buffer in tuple(self.keys) + tuple(self.values):
-            ops.assign(buffer, ops.gather(buffer, beam_idx, 1))
+            ops.assign(buffer, ops.gather(buffer, beam_idx, 0))

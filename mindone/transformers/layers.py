@@ -10,7 +10,7 @@ import numpy as np
 from mindspore import Parameter, mint, nn
 from mindspore.common.initializer import Normal, initializer
 
-from . import backend
+from . import backend, composed
 from .modeling_rope_utils import compute_inv_freq, original_context, rope_type_of
 
 def gelu_tanh(x):
@@ -62,19 +62,15 @@ def init_parameter(param: Parameter) -> None:
     param.set_data(initializer(param.hf_init, param.shape, param.dtype).init_data())
 
 
-def _cast(x, dtype):
-    """astype that costs no kernel launch when the dtype already matches (most casts in fp32 runs)."""
-    return x if x.dtype == dtype else x.astype(dtype)
-
-
 class Linear(nn.Cell):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, std: float = 0.02):
         super().__init__()
         self.weight = _param((out_features, in_features), Normal(std))
         self.bias = _param((out_features,), "zeros") if bias else None
+        self.kernel = backend.linear_kernel(_DEFAULTS["dtype"])
 
     def construct(self, x):
-        return backend.linear(x, self.weight, self.bias)
+        return backend.linear(x, self.weight, self.bias, self.kernel)
 
 
 class Conv1D(nn.Cell):
@@ -108,20 +104,17 @@ class RMSNorm(nn.Cell):
         self.weight = _param((hidden_size,), "zeros" if unit_offset else "ones")
         self.variance_epsilon = eps
         self.unit_offset = unit_offset
-        self.fused = backend.uses_fused_norm() and not unit_offset
+        self.kernel = backend.norm_kernel(unit_offset, _DEFAULTS["dtype"])
+        self.kernel_config = backend.norm_config(self.kernel, eps, unit_offset)
 
     def construct(self, hidden_states):
-        if self.fused:
-            return backend.fused_rms_norm(hidden_states, self.weight, self.variance_epsilon)
-        input_dtype = hidden_states.dtype
-        hidden_states = _cast(hidden_states, ms.float32)
-        variance = mint.mean(hidden_states * hidden_states, -1, keepdim=True)
-        hidden_states = hidden_states * backend.expand_as(mint.rsqrt(variance + self.variance_epsilon), hidden_states)
-        if self.unit_offset:
-            scale = backend.expand_as(1.0 + _cast(self.weight, ms.float32), hidden_states)
-            return _cast(hidden_states * scale, input_dtype)
-        hidden_states = _cast(hidden_states, input_dtype)
-        return backend.expand_as(self.weight, hidden_states) * hidden_states
+        return backend.rms_norm(self.kernel, hidden_states, self.weight, self.variance_epsilon, self.unit_offset,
+                                self.kernel_config)  # fmt: skip
+
+    def add_and_norm(self, hidden_states, residual):
+        """(hidden_states + residual, the norm of that sum) in one kernel where the backend has one."""
+        return backend.add_rms_norm(self.kernel, hidden_states, residual, self.weight, self.variance_epsilon,
+                                    self.unit_offset, self.kernel_config)  # fmt: skip
 
 
 class LayerNorm(nn.Cell):
@@ -132,9 +125,15 @@ class LayerNorm(nn.Cell):
         self.weight = _param((hidden_size,), "ones")
         self.bias = _param((hidden_size,), "zeros")
         self.eps = eps
+        self.kernel = backend.norm_kernel(False, _DEFAULTS["dtype"])
+        self.kernel_config = backend.norm_config(self.kernel, eps)
 
     def construct(self, hidden_states):
-        return backend.layer_norm(hidden_states, self.weight, self.bias, self.eps)
+        return backend.layer_norm(self.kernel, hidden_states, self.weight, self.bias, self.eps, self.kernel_config)
+
+    def add_and_norm(self, hidden_states, residual):
+        return backend.add_layer_norm(self.kernel, hidden_states, residual, self.weight, self.bias, self.eps,
+                                      self.kernel_config)  # fmt: skip
 
 
 class RotaryEmbedding(nn.Cell):
@@ -183,56 +182,7 @@ class RotaryEmbedding(nn.Cell):
         emb = (position_ids.astype(ms.float32).expand_dims(-1) * self.dim_frequencies).expand_dims(1)
         cos = mint.cos(emb) * self.dim_scale
         sin = mint.sin(emb) * self.dim_scale
-        return _cast(cos, x.dtype), _cast(sin, x.dtype)
-
-
-def rotate_half_matrix(dim: int, dtype, rotary_dim=None) -> ms.Tensor:
-    """R with x @ R == rotate_half(x) == cat(-x2, x1) for x = cat(x1, x2): one kernel instead of two slices, a
-    negation and a concat per tensor (entries are 0 and ±1, so the product is exact). Only the first `rotary_dim`
-    dimensions rotate (partial rotary); the rest map to zero, where sin is 0 anyway."""
-    half = (rotary_dim or dim) // 2
-    matrix = np.zeros((dim, dim), np.float32)
-    matrix[np.arange(half) + half, np.arange(half)] = -1.0
-    matrix[np.arange(half), np.arange(half) + half] = 1.0
-    return ms.Tensor(matrix, dtype)
-
-
-def apply_rotary_pos_emb(q, k, cos, sin, rotation, fused: bool = False):
-    """q, k: [batch, heads, seq, head_dim]; cos, sin: [batch, 1, seq, head_dim]; rotation: rotate_half_matrix."""
-    if fused:
-        return backend.fused_rotary(q, cos, sin), backend.fused_rotary(k, cos, sin)
-    return _rotate(q, cos, sin, rotation), _rotate(k, cos, sin, rotation)
-
-
-def _rotate(x, cos, sin, rotation):
-    return x * backend.expand_as(cos, x) + mint.matmul(x, rotation) * backend.expand_as(sin, x)
-
-
-def eager_attention(query, key, value, attention_mask, scaling: float, softcap=None):
-    """softmax(q k^T * scaling + mask) v with the softmax in float32; returns [batch, seq, heads, head_dim].
-
-    Grouped-query attention folds the query heads that share a key/value head into the sequence axis instead of
-    copying the cache for each of them (query head h reads key/value head h // group, as in HF's repeat_kv)."""
-    batch, heads, seq, head_dim = query.shape
-    kv_heads, kv_len = key.shape[1], key.shape[2]
-    group = heads // kv_heads
-    grouped = query.reshape(batch, kv_heads, group * seq, head_dim)
-    scores = mint.matmul(grouped, key.swapaxes(2, 3)) * scaling
-    if softcap is not None:
-        scores = mint.tanh(scores / softcap) * softcap
-    if attention_mask is not None:
-        scores = scores.reshape(batch, kv_heads, group, seq, kv_len)
-        scores = scores + backend.expand_as(attention_mask.expand_dims(2), scores)
-    probs = mint.softmax(_cast(scores.reshape(batch, kv_heads, group * seq, kv_len), ms.float32), dim=-1)
-    output = mint.matmul(_cast(probs, value.dtype), value)
-    return output.reshape(batch, heads, seq, head_dim).swapaxes(1, 2)
-
-
-def attend(kernel: str, query, key, value, attention_mask, scaling: float, softcap):
-    """Runs the attention kernel that backend.attention_kernel chose for this model."""
-    if kernel == "flash":
-        return backend.flash_attention(query, key, value, attention_mask, scaling)
-    return eager_attention(query, key, value, attention_mask, scaling, softcap)
+        return composed.cast(cos, x.dtype), composed.cast(sin, x.dtype)
 
 
 class Attention(nn.Cell):
@@ -267,11 +217,17 @@ class Attention(nn.Cell):
         self.qk_norm = qk_norm
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, unit_offset_norm) if qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, unit_offset_norm) if qk_norm else None
-        requested = "eager" if self.softcap is not None else getattr(config, "_attn_implementation", None)
-        self.attention_kernel = backend.attention_kernel(requested, _DEFAULTS["dtype"], self.head_dim)
+        requested = getattr(config, "_attn_implementation", None)
+        dtype = _DEFAULTS["dtype"]
+        self.kernel = backend.attention_kernel(requested, dtype, self.head_dim, self.softcap)
         rotary_dim = int(self.head_dim * getattr(config, "partial_rotary_factor", 1.0))
-        self.fused_rotary = backend.uses_fused_rotary() and rotary_dim == self.head_dim
-        self.rotation = rotate_half_matrix(self.head_dim, _DEFAULTS["dtype"], rotary_dim)
+        self.fused_rotary = backend.uses_fused_rotary(self.kernel, rotary_dim < self.head_dim)
+        self.rotation = composed.rotate_half_matrix(self.head_dim, dtype, rotary_dim)
+        self.kernel_config = backend.attention_config(
+            self.kernel, self.scaling, self.softcap, rotary_dim, self.num_heads, self.num_kv_heads,
+            config.rms_norm_eps if qk_norm else 0.0, unit_offset_norm, fused_qkv,
+        )  # fmt: skip
+        self.no_norm = ms.Tensor(np.zeros(1), dtype)
 
     def _heads(self, x, num_heads):
         batch, seq, _ = x.shape
@@ -281,20 +237,40 @@ class Attention(nn.Cell):
         batch, seq, _ = hidden_states.shape
         if self.fused_qkv:
             qkv = self.qkv_proj(hidden_states)
+            if self.kernel == "fused":
+                output = self._fused(qkv, qkv, qkv, position_embeddings, attention_mask, past_key_values, cache_position)
+                return self.o_proj(output)
             query, key = qkv[:, :, : self.q_size], qkv[:, :, self.q_size : self.q_size + self.kv_size]
             value = qkv[:, :, self.q_size + self.kv_size :]
         else:
             query, key, value = self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)
+            if self.kernel == "fused":
+                output = self._fused(query, key, value, position_embeddings, attention_mask, past_key_values, cache_position)
+                return self.o_proj(output)
         query, key = self._heads(query, self.num_heads), self._heads(key, self.num_kv_heads)
         value = self._heads(value, self.num_kv_heads)
         if self.qk_norm:
             query, key = self.q_norm(query), self.k_norm(key)
         cos, sin = position_embeddings
-        query, key = apply_rotary_pos_emb(query, key, cos, sin, self.rotation, self.fused_rotary)
+        if self.fused_rotary:
+            query, key = backend.rotary(query, cos, sin), backend.rotary(key, cos, sin)
+        else:
+            query, key = composed.rotate(query, cos, sin, self.rotation), composed.rotate(key, cos, sin, self.rotation)
         if past_key_values is not None:
             key, value = past_key_values.update(key, value, self.layer_idx, {"cache_position": cache_position})
-        output = attend(self.attention_kernel, query, key, value, attention_mask, self.scaling, self.softcap)
+        if self.kernel == "flash":
+            output = backend.flash_attention(query, key, value, attention_mask, self.scaling)
+        else:
+            output = composed.attention(query, key, value, attention_mask, self.scaling, self.softcap)
         return self.o_proj(output.reshape(batch, seq, -1))
+
+    def _fused(self, query, key, value, position_embeddings, attention_mask, past_key_values, cache_position):
+        cos, sin = position_embeddings
+        q_norm = self.q_norm.weight if self.qk_norm else self.no_norm
+        k_norm = self.k_norm.weight if self.qk_norm else self.no_norm
+        return backend.fused_attention(query, key, value, cos, sin, q_norm, k_norm, attention_mask, past_key_values,
+                                       self.layer_idx, cache_position, self.kernel_config, self.fused_qkv,
+                                       self.num_heads, self.num_kv_heads, self.head_dim)  # fmt: skip
 
 
 class GatedMLP(nn.Cell):
@@ -312,12 +288,14 @@ class GatedMLP(nn.Cell):
             self.gate_proj = Linear(hidden, self.intermediate, bias, std)
             self.up_proj = Linear(hidden, self.intermediate, bias, std)
         self.down_proj = Linear(self.intermediate, hidden, bias, std)
-        self.act_fn = get_activation(getattr(config, activation_key))
+        activation = getattr(config, activation_key)
+        self.act_fn = get_activation(activation)
+        self.kernel = backend.gated_mlp_kernel(activation, bias, _DEFAULTS["dtype"])
+        self.kernel_config = backend.gated_mlp_config(self.kernel, activation)
 
     def construct(self, x):
         if self.fused_gate_up:
-            gate_up = self.gate_up_proj(x)
-            gate, up = gate_up[..., : self.intermediate], gate_up[..., self.intermediate :]
+            gated = backend.gated_mlp(self.kernel, x, self.gate_up_proj, None, self.act_fn, self.kernel_config, True)
         else:
-            gate, up = self.gate_proj(x), self.up_proj(x)
-        return self.down_proj(self.act_fn(gate) * up)
+            gated = backend.gated_mlp(self.kernel, x, self.gate_proj, self.up_proj, self.act_fn, self.kernel_config, False)
+        return self.down_proj(gated)

@@ -45,8 +45,8 @@ class DecoderLayer(nn.Cell):
     def construct(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, cache_position=None):
         normed = self.input_layernorm(hidden_states)
         attended = self.self_attn(normed, position_embeddings, attention_mask, past_key_values, cache_position)
-        hidden_states = hidden_states + attended
-        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+        hidden_states, normed = self.post_attention_layernorm.add_and_norm(attended, hidden_states)
+        return hidden_states + self.mlp(normed)
 
 
 class DecoderPreTrainedModel(PreTrainedModel):
@@ -59,6 +59,7 @@ class DecoderPreTrainedModel(PreTrainedModel):
     scale_embeddings = False  # multiply embeddings by sqrt(hidden_size)
     # generate() recomputes the cache when LongRoPE switches factors (transformers does this for Phi-3 only)
     recompute_cache_at_rope_switch = False
+    _supports_static_cache = True  # transformers' flag: generate() may preallocate a StaticCache
 
     # forward bookkeeping shared by the base models (DecoderModel and architectures with their own module names)
     def _cache_and_positions(self, inputs_embeds, past_key_values, use_cache, cache_position, position_ids):

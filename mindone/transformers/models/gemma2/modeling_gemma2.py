@@ -18,9 +18,8 @@ class SandwichNormDecoderLayer(DecoderLayer):
     def construct(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, cache_position=None):
         normed = self.input_layernorm(hidden_states)
         attended = self.self_attn(normed, position_embeddings, attention_mask, past_key_values, cache_position)
-        hidden_states = hidden_states + self.post_attention_layernorm(attended)
-        fed_forward = self.mlp(self.pre_feedforward_layernorm(hidden_states))
-        return hidden_states + self.post_feedforward_layernorm(fed_forward)
+        hidden_states, normed = self.pre_feedforward_layernorm.add_and_norm(self.post_attention_layernorm(attended), hidden_states)
+        return hidden_states + self.post_feedforward_layernorm(self.mlp(normed))
 
 
 Gemma2DecoderLayer, Gemma2PreTrainedModel, Gemma2Model, Gemma2ForCausalLM = decoder_architecture(

@@ -6,11 +6,12 @@ shared causal LM (tied lm_head, loss, generate) over it."""
 import math
 
 import mindspore as ms
+import numpy as np
 from mindspore import nn
 from transformers import GPT2Config
 
-from ... import backend
-from ...layers import Conv1D, Embedding, LayerNorm, attend, get_activation
+from ... import backend, composed
+from ...layers import Conv1D, Embedding, LayerNorm, get_activation
 from ...modeling_decoder import DecoderForCausalLM, DecoderPreTrainedModel
 
 
@@ -27,20 +28,33 @@ class GPT2Attention(nn.Cell):
         )
         dtype = self.c_attn.weight.dtype
         requested = getattr(config, "_attn_implementation", None)
-        self.attention_kernel = backend.attention_kernel(requested, dtype, self.head_dim)
-        # HF computes q k^T in float32 with reorder_and_upcast_attn, on its eager path only (softmax is float32 anyway)
-        self.upcast = config.reorder_and_upcast_attn and self.attention_kernel == "eager" and dtype != ms.float32
+        self.kernel = backend.attention_kernel(requested, dtype, self.head_dim)
+        # HF computes q k^T in float32 with reorder_and_upcast_attn, on its eager path only (softmax is float32
+        # anyway); the fused kernel computes scores in float32 always
+        self.upcast = config.reorder_and_upcast_attn and self.kernel == "eager" and dtype != ms.float32
+        heads = self.num_heads
+        self.kernel_config = backend.attention_config(self.kernel, self.scaling, None, 0, heads, heads, packed=True)
+        self.unused = ms.Tensor(np.zeros(1), dtype)  # no rotary, no q/k norm
 
     def construct(self, hidden_states, attention_mask=None, past_key_values=None, cache_position=None):
         batch, seq, _ = hidden_states.shape
-        qkv = self.c_attn(hidden_states).reshape(batch, seq, 3 * self.num_heads, self.head_dim).swapaxes(1, 2)
+        qkv = self.c_attn(hidden_states)
         heads = self.num_heads
+        if self.kernel == "fused":
+            output = backend.fused_attention(qkv, qkv, qkv, self.unused, self.unused, self.unused, self.unused,
+                                             attention_mask, past_key_values, self.layer_idx, cache_position,
+                                             self.kernel_config, True, heads, heads, self.head_dim)  # fmt: skip
+            return self.c_proj(output)
+        qkv = qkv.reshape(batch, seq, 3 * heads, self.head_dim).swapaxes(1, 2)
         query, key, value = qkv[:, :heads], qkv[:, heads : 2 * heads], qkv[:, 2 * heads :]
         if past_key_values is not None:
             key, value = past_key_values.update(key, value, self.layer_idx, {"cache_position": cache_position})
         if self.upcast:
             query, key = query.astype(ms.float32), key.astype(ms.float32)
-        output = attend(self.attention_kernel, query, key, value, attention_mask, self.scaling, None)
+        if self.kernel == "flash":
+            output = backend.flash_attention(query, key, value, attention_mask, self.scaling)
+        else:
+            output = composed.attention(query, key, value, attention_mask, self.scaling)
         return self.c_proj(output.reshape(batch, seq, -1))
 
 
@@ -67,8 +81,8 @@ class GPT2Block(nn.Cell):
 
     def construct(self, hidden_states, attention_mask=None, past_key_values=None, cache_position=None):
         attended = self.attn(self.ln_1(hidden_states), attention_mask, past_key_values, cache_position)
-        hidden_states = hidden_states + attended
-        return hidden_states + self.mlp(self.ln_2(hidden_states))
+        hidden_states, normed = self.ln_2.add_and_norm(attended, hidden_states)
+        return hidden_states + self.mlp(normed)
 
 
 class GPT2PreTrainedModel(DecoderPreTrainedModel):
