@@ -1,69 +1,129 @@
-"""How generate() runs the model: PyNative with a growing DynamicCache, or a compiled step over a StaticCache.
+"""How generate() runs the model: op by op in PyNative, or a compiled step over a StaticCache.
 
 `StaticDecoder` is the gpt-fast design on MindSpore: the cache is preallocated and written in place at a position
 tensor, prompts are left-padded to a few length buckets, and one graph per (batch, bucket or 1, cache length,
-dtype) is compiled with `ms.jit` and reused across positions and generate() calls."""
+dtype, head) is compiled with `ms.jit` and reused across positions and generate() calls. With a `DeviceHead` the
+graph also chooses the next tokens, so a decode step is one launch and one copy of the tokens back to the host.
+
+Both decoders keep the loop's bookkeeping (ids, masks, positions) in numpy: `logits(input_ids, attention_mask)`
+serves the loops that process scores on the host, `select(ids, mask, head)` the ones with a device head."""
 
 import time
 from typing import Optional
 
 import mindspore as ms
 import numpy as np
-from mindspore import mint, nn
+from mindspore import nn
 
-from .. import backend
 from ..cache_utils import Cache, DynamicCache, StaticCache
-from ..modeling_rope_utils import HOST_UPDATED_ROPE, rope_type_of, rope_switch_length
+from ..modeling_rope_utils import HOST_UPDATED_ROPE, rope_switch_length, rope_type_of
 
 PREFILL_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 MIN_CACHE_LENGTH = 256
 
 
-def _positions(attention_mask: ms.Tensor) -> ms.Tensor:
+def positions(mask: np.ndarray) -> np.ndarray:
     """transformers' position ids: cumsum of the mask minus one, 1 on padding."""
-    positions = backend.cumsum(attention_mask, -1) - 1
-    return mint.where(attention_mask == 0, ms.Tensor(1, positions.dtype), positions)
+    cumulative = np.cumsum(mask, -1) - 1
+    return np.where(mask == 0, 1, cumulative).astype(np.int32)
+
+
+def _host(x) -> np.ndarray:
+    return x.asnumpy() if isinstance(x, ms.Tensor) else np.asarray(x)
 
 
 class DynamicDecoder:
-    """PyNative forward over the tokens the cache has not seen yet (or the whole sequence without a cache)."""
+    """PyNative forward over the tokens the cache has not seen yet (or the whole sequence without a cache).
 
-    def __init__(self, model, generation_config, cache: Optional[Cache] = None):
+    Without a cache of the caller's, generate() preallocates a StaticCache for its max_length (for models that
+    support one, `_supports_static_cache` as in transformers) and runs it op by op:
+    the attention kernels write each step's keys and values in place instead of concatenating the whole cache
+    every step. A DynamicCache (passed in, or for assisted decoding, which crops it) grows by concatenation."""
+
+    def __init__(self, model, generation_config, cache: Optional[Cache] = None, batch: int = 1):
         self.model = model
-        self.cache = (cache if cache is not None else DynamicCache()) if generation_config.use_cache else None
+        if cache is None and generation_config.use_cache:
+            if getattr(model, "_supports_static_cache", False):
+                cache = StaticCache(model.config, generation_config.max_length, batch, model.dtype)
+            else:
+                cache = DynamicCache()
+        self.cache = cache if generation_config.use_cache else None
+        if isinstance(self.cache, StaticCache):
+            self.cache.seen_tokens = 0
         recompute = getattr(model, "recompute_cache_at_rope_switch", False)
         self.rope_switch = rope_switch_length(model.config) if recompute else None
+        self.width = generation_config.max_length
 
     def logits(self, input_ids, attention_mask, logits_to_keep: int = 1) -> ms.Tensor:
+        return self._forward(_host(input_ids), _host(attention_mask), logits_to_keep)
+
+    def select(self, ids: np.ndarray, mask: np.ndarray, head) -> tuple:
+        """The head's outputs (next tokens first) for the sequences `ids` [batch, length] so far."""
+        logits = self._forward(ids, mask)[:, -1, :]
+        return _as_tuple(head(logits, *head.inputs(ids, self.width)))
+
+    def _forward(self, ids: np.ndarray, mask: np.ndarray, logits_to_keep: int = 1) -> ms.Tensor:
         seen = self.cache.get_seq_length() if self.cache is not None else 0
-        if self.rope_switch is not None and 0 < seen <= self.rope_switch < input_ids.shape[1]:
-            self.cache, seen = DynamicCache(), 0  # cached keys were rotated for the short context: recompute them
+        length = ids.shape[1]
+        if self.rope_switch is not None and 0 < seen <= self.rope_switch < length:
+            seen = self._restart()  # cached keys were rotated for the short context: recompute them
+        kwargs = {}
+        mask = mask.astype(np.int32)
+        attention_mask = mask
+        if isinstance(self.cache, StaticCache):  # the mask covers every slot; causality hides the unwritten ones
+            attention_mask = np.concatenate([mask, np.ones((mask.shape[0], self.cache.max_cache_len - length), np.int32)], -1)
+            kwargs["cache_position"] = ms.Tensor(np.arange(seen, length, dtype=np.int32))
         outputs = self.model(
-            input_ids=input_ids[:, seen:],
-            attention_mask=attention_mask,
-            position_ids=_positions(attention_mask)[:, seen:],
+            input_ids=ms.Tensor(ids[:, seen:]),
+            attention_mask=ms.Tensor(attention_mask),
+            position_ids=ms.Tensor(positions(mask)[:, seen:]),
             past_key_values=self.cache,
             use_cache=self.cache is not None,
             logits_to_keep=logits_to_keep,
+            **kwargs,
         )
+        if isinstance(self.cache, StaticCache):
+            self.cache.seen_tokens = length
         return outputs.logits.astype(ms.float32)
+
+    def _restart(self) -> int:
+        if isinstance(self.cache, StaticCache):
+            self.cache.seen_tokens = 0
+        else:
+            self.cache = DynamicCache()
+        return 0
 
     def reorder(self, beam_idx: ms.Tensor) -> None:
         if self.cache is not None:
             self.cache.reorder_cache(beam_idx)
 
+    def returned_cache(self):
+        """What generate() hands back as past_key_values: a DynamicCache, as transformers does, also when the
+        steps ran over a preallocated StaticCache (its filled slots)."""
+        if not isinstance(self.cache, StaticCache):
+            return self.cache
+        seen = self.cache.seen_tokens
+        return DynamicCache.from_legacy_cache(
+            (keys[:, :, :seen], values[:, :, :seen]) for keys, values in zip(self.cache.keys, self.cache.values)
+        )
+
+
+def _as_tuple(outputs) -> tuple:
+    return outputs if isinstance(outputs, tuple) else (outputs,)
+
 
 class _CompiledStep(nn.Cell):
-    """One jit-compiled forward that writes its keys/values into `cache` and returns the last position's logits."""
+    """One jit-compiled forward that writes its keys/values into `cache` and returns the last position's logits,
+    or, with a `head`, the head's outputs for them."""
 
-    def __init__(self, model, cache: StaticCache):
+    def __init__(self, model, cache: StaticCache, head=None):
         super().__init__(auto_prefix=False)
-        self.model, self.cache = model, cache
+        self.model, self.cache, self.head = model, cache, head
         self.signatures = set()
         self.compile_seconds = 0.0
         self.graph = ms.jit(self.construct)
 
-    def construct(self, input_ids, position_ids, cache_position, attention_mask):
+    def construct(self, input_ids, position_ids, cache_position, attention_mask, *head_inputs):
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -74,18 +134,20 @@ class _CompiledStep(nn.Cell):
             logits_to_keep=1,
             return_dict=False,
         )
-        return outputs[0]
+        if self.head is None:
+            return outputs[0]
+        return self.head(outputs[0][:, -1, :].astype(ms.float32), *head_inputs)
 
-    def run(self, input_ids, position_ids, cache_position, attention_mask) -> ms.Tensor:
-        signature = (tuple(input_ids.shape), input_ids.dtype)
+    def run(self, *inputs) -> tuple:
+        signature = tuple((tuple(x.shape), x.dtype) for x in inputs)
         if signature in self.signatures:
-            return self.graph(input_ids, position_ids, cache_position, attention_mask)
+            return _as_tuple(self.graph(*inputs))
         start = time.perf_counter()  # a new signature compiles: its first call is (almost all) compile time
-        logits = self.graph(input_ids, position_ids, cache_position, attention_mask)
-        logits.asnumpy()
+        outputs = _as_tuple(self.graph(*inputs))
+        outputs[0].asnumpy()
         self.compile_seconds += time.perf_counter() - start
         self.signatures.add(signature)
-        return logits
+        return outputs
 
 
 def prefill_bucket(length: int) -> int:
@@ -96,23 +158,39 @@ def cache_length_for(needed: int) -> int:
     return max(MIN_CACHE_LENGTH, 1 << (needed - 1).bit_length())
 
 
-def compiled_step(model, batch: int, cache_length: int) -> _CompiledStep:
-    """The model's compiled step for this batch and cache length, built once and kept on the model."""
-    steps = model.__dict__.setdefault("_compiled_steps", {})
-    key = (batch, cache_length, model.dtype)
-    if key not in steps:
-        steps[key] = _CompiledStep(model, StaticCache(model.config, cache_length, batch, model.dtype))
-    return steps[key]
+def _steps_of(owner) -> dict:
+    return owner.__dict__.setdefault("_compiled_steps", {})
+
+
+def compiled_step(model, batch: int, cache_length: int, head=None) -> _CompiledStep:
+    """The model's compiled step for this batch, cache length and head, built once and kept on the model; steps
+    that differ only in their head share one StaticCache."""
+    caches = model.__dict__.setdefault("_static_caches", {})
+    cache_key = (batch, cache_length, model.dtype)
+    if cache_key not in caches:
+        caches[cache_key] = StaticCache(model.config, cache_length, batch, model.dtype)
+    key = cache_key + (head.key if head is not None else None,)
+    if key not in _steps_of(model):
+        _steps_of(model)[key] = _CompiledStep(model, caches[cache_key], head)
+    return _steps_of(model)[key]
+
+
+def _cached_step_for(model, cache: StaticCache, head=None) -> _CompiledStep:
+    """A user's StaticCache keeps its own compiled steps (per model and head), so they live and die with it."""
+    key = (id(model), head.key if head is not None else None)
+    if key not in _steps_of(cache):
+        _steps_of(cache)[key] = _CompiledStep(model, cache, head)
+    return _steps_of(cache)[key]
 
 
 def compiled_graph_count(model) -> int:
     """How many graphs the static path has compiled for this model (one per distinct input signature)."""
-    return sum(len(step.signatures) for step in model.__dict__.get("_compiled_steps", {}).values())
+    return sum(len(step.signatures) for step in _steps_of(model).values())
 
 
 def compile_seconds(model) -> float:
     """Time spent in the first call of each of the model's compiled graphs (compile plus one run)."""
-    return sum(step.compile_seconds for step in model.__dict__.get("_compiled_steps", {}).values())
+    return sum(step.compile_seconds for step in _steps_of(model).values())
 
 
 class StaticDecoder:
@@ -124,6 +202,7 @@ class StaticDecoder:
                 f"{rope_type_of(model.config)} rope scaling recomputes frequencies from the sequence length on the "
                 "host, which a compiled static-cache step cannot do; generate without cache_implementation='static'"
             )
+        self.model = model
         new_tokens = generation_config.max_length - input_length
         self.bucket = prefill_bucket(input_length)
         if cache is not None:
@@ -135,51 +214,55 @@ class StaticDecoder:
             if cache.max_batch_size != batch:
                 raise ValueError(f"the StaticCache was made for batch {cache.max_batch_size}, but the input has batch {batch}")
             self.bucket = self.bucket if self.bucket + new_tokens <= cache.max_cache_len else input_length
-            self.step = _cached_step_for(model, cache)
+            self.user_cache = cache
         else:
-            self.step = compiled_step(model, batch, cache_length_for(self.bucket + new_tokens))
-        self.cache = self.step.cache
+            self.user_cache = None
+            self.cache_length = cache_length_for(self.bucket + new_tokens)
+        self.batch = batch
+        self.cache = self._step(None).cache
         self.cache.seen_tokens = 0
         self.padding = self.bucket - input_length
         self.slot_mask = None
 
-    def logits(self, input_ids, attention_mask, logits_to_keep: int = 1) -> ms.Tensor:
-        if self.cache.seen_tokens == 0:
-            return self._prefill(input_ids, attention_mask)
-        seen = self.cache.seen_tokens
-        position_ids = (attention_mask.sum(-1, keepdims=True) - 1).astype(ms.int32)
-        cache_position = ms.Tensor(np.array([seen], np.int32))
-        logits = self.step.run(input_ids[:, -1:], position_ids, cache_position, self.slot_mask)
-        self.cache.seen_tokens = seen + 1
-        return logits.astype(ms.float32)
+    def _step(self, head) -> _CompiledStep:
+        if self.user_cache is not None:
+            return _cached_step_for(self.model, self.user_cache, head)
+        return compiled_step(self.model, self.batch, self.cache_length, head)
 
-    def _prefill(self, input_ids, attention_mask):
-        batch, length = input_ids.shape
-        pad = self.padding
-        ids = mint.cat([mint.zeros((batch, pad), dtype=input_ids.dtype), input_ids], dim=-1) if pad else input_ids
-        mask = mint.cat([mint.zeros((batch, pad), dtype=ms.int32), attention_mask], dim=-1) if pad else attention_mask
-        free = self.cache.max_cache_len - self.bucket
-        self.slot_mask = mint.cat([mask, mint.ones((batch, free), dtype=ms.int32)], dim=-1)
-        cache_position = ms.Tensor(np.arange(self.bucket, dtype=np.int32))
-        logits = self.step.run(ids, _positions(mask).astype(ms.int32), cache_position, self.slot_mask)
-        self.cache.seen_tokens = self.bucket
-        return logits.astype(ms.float32)
+    def logits(self, input_ids, attention_mask, logits_to_keep: int = 1) -> ms.Tensor:
+        return self._run(_host(input_ids), _host(attention_mask), None)[0].astype(ms.float32)
+
+    def select(self, ids: np.ndarray, mask: np.ndarray, head) -> tuple:
+        return self._run(ids, mask, head, *head.inputs(ids, self.cache.max_cache_len))
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray, head, *head_inputs) -> tuple:
+        step = self._step(head)
+        mask = mask.astype(np.int32)
+        seen = self.cache.seen_tokens
+        if seen == 0:  # prefill, left-padded to the bucket
+            batch, pad = ids.shape[0], self.padding
+            ids = np.concatenate([np.zeros((batch, pad), ids.dtype), ids], -1)
+            mask = np.concatenate([np.zeros((batch, pad), np.int32), mask], -1)
+            free = self.cache.max_cache_len - self.bucket
+            self.slot_mask = ms.Tensor(np.concatenate([mask, np.ones((batch, free), np.int32)], -1))
+            cache_position = np.arange(self.bucket, dtype=np.int32)
+            position_ids, self.cache.seen_tokens = positions(mask), self.bucket
+        else:
+            ids, cache_position = ids[:, -1:], np.array([seen], np.int32)
+            position_ids, self.cache.seen_tokens = mask.sum(-1, keepdims=True).astype(np.int32) - 1, seen + 1
+        inputs = (ms.Tensor(ids), ms.Tensor(position_ids), ms.Tensor(cache_position), self.slot_mask)
+        return step.run(*inputs, *head_inputs)
 
     def reorder(self, beam_idx: ms.Tensor) -> None:
         self.cache.reorder_cache(beam_idx)
 
-
-def _cached_step_for(model, cache: StaticCache) -> _CompiledStep:
-    """A user's StaticCache keeps its own compiled step (per model), so it lives and dies with the cache."""
-    steps = cache.__dict__.setdefault("_compiled_steps", {})
-    if id(model) not in steps:
-        steps[id(model)] = _CompiledStep(model, cache)
-    return steps[id(model)]
+    def returned_cache(self) -> StaticCache:
+        return self.cache
 
 
 def make_decoder(model, generation_config, batch: int, input_length: int, cache: Optional[Cache] = None):
     """Static (compiled) when asked for with cache_implementation="static", given a StaticCache, or when the
-    global context is GRAPH_MODE; the PyNative DynamicCache path otherwise."""
+    global context is GRAPH_MODE; PyNative otherwise."""
     wants_static = (
         generation_config.cache_implementation == "static"
         or isinstance(cache, StaticCache)
@@ -187,4 +270,4 @@ def make_decoder(model, generation_config, batch: int, input_length: int, cache:
     )
     if wants_static and generation_config.use_cache:
         return StaticDecoder(model, generation_config, batch, input_length, cache if isinstance(cache, StaticCache) else None)
-    return DynamicDecoder(model, generation_config, cache)
+    return DynamicDecoder(model, generation_config, cache, batch)

@@ -25,6 +25,9 @@ class MaxLengthCriteria(StoppingCriteria):
     def __call__(self, input_ids, scores, **kwargs):
         return _all_rows(input_ids, input_ids.shape[-1] >= self.max_length)
 
+    def host_done(self, ids: np.ndarray, scores) -> np.ndarray:
+        return np.full(ids.shape[0], ids.shape[-1] >= self.max_length)
+
 
 class MaxTimeCriteria(StoppingCriteria):
     def __init__(self, max_time: float, initial_timestamp: Optional[float] = None):
@@ -34,6 +37,9 @@ class MaxTimeCriteria(StoppingCriteria):
     def __call__(self, input_ids, scores, **kwargs):
         return _all_rows(input_ids, time.time() - self.initial_timestamp > self.max_time)
 
+    def host_done(self, ids: np.ndarray, scores) -> np.ndarray:
+        return np.full(ids.shape[0], time.time() - self.initial_timestamp > self.max_time)
+
 
 class EosTokenCriteria(StoppingCriteria):
     def __init__(self, eos_token_id: Union[int, list, ms.Tensor]):
@@ -42,6 +48,9 @@ class EosTokenCriteria(StoppingCriteria):
 
     def __call__(self, input_ids, scores, **kwargs):
         return (input_ids[:, -1:].astype(ms.int64) == self.eos_token_id).any(axis=-1)
+
+    def host_done(self, ids: np.ndarray, scores) -> np.ndarray:
+        return np.isin(ids[:, -1], self.eos_token_id.asnumpy())
 
 
 class StopStringCriteria(StoppingCriteria):
@@ -76,8 +85,10 @@ class StopStringCriteria(StoppingCriteria):
         return any(tail.find(s, max(0, final_start - len(s) + 1)) != -1 for s in self.stop_strings)
 
     def __call__(self, input_ids, scores, **kwargs):
-        recent = input_ids[:, -self._window :].asnumpy()
-        return ms.Tensor(np.array([self._row_matches(row) for row in recent]))
+        return ms.Tensor(self.host_done(input_ids[:, -self._window :].asnumpy(), scores))
+
+    def host_done(self, ids: np.ndarray, scores) -> np.ndarray:
+        return np.array([self._row_matches(row) for row in ids[:, -self._window :]], dtype=bool)
 
 
 class StoppingCriteriaList(list):
@@ -86,6 +97,21 @@ class StoppingCriteriaList(list):
         for criteria in self:
             done = mint.logical_or(done, criteria(input_ids, scores, **kwargs))
         return done
+
+    def host_done(self, ids: np.ndarray, scores) -> np.ndarray:
+        """The same decision for numpy sequences, as numpy: the built-in criteria decide on the host without a
+        device op; a user's own criterion gets tensors, as with __call__."""
+        done = np.zeros(ids.shape[0], bool)
+        for criteria in self:
+            if hasattr(criteria, "host_done"):
+                done |= criteria.host_done(ids, scores)
+            else:
+                done |= criteria(ms.Tensor(ids), scores).asnumpy().astype(bool)
+        return done
+
+    def reads_scores(self) -> bool:
+        """Whether a criterion other than the built-in ones (which ignore the scores) is in the list."""
+        return any(not hasattr(criteria, "host_done") for criteria in self)
 
     @property
     def max_length(self) -> Optional[int]:

@@ -24,6 +24,7 @@ from . import logits_process as lp
 from .candidate_generator import get_candidate_generator, speculative_sampling
 from .configuration_utils import GenerationConfig
 from .decoders import DynamicDecoder, make_decoder
+from .device_head import DeviceHead, draw_uniforms, sample_tokens
 from .stopping_criteria import (
     EosTokenCriteria,
     MaxLengthCriteria,
@@ -379,34 +380,48 @@ class GenerationMixin:
     # ------------------------------------------------------------------ greedy / sampling
     def _sample(self, input_ids, attention_mask, logits_processor, stopping_criteria, generation_config, streamer,
                 cache: Optional[Cache] = None):  # fmt: skip
-        """Greedy decoding and multinomial sampling: one token per step for every row until all rows stop."""
+        """Greedy decoding and multinomial sampling: one token per step for every row until all rows stop.
+
+        The sequences live on the host (numpy). With a device head the processors and the choice run inside the
+        model's step and only the chosen tokens come back; otherwise the logits come back and the processors run
+        here, op by op."""
         gc = generation_config
-        decoder = make_decoder(self, gc, input_ids.shape[0], input_ids.shape[1], cache)
+        batch = input_ids.shape[0]
+        decoder = make_decoder(self, gc, batch, input_ids.shape[1], cache)
         record_scores = gc.return_dict_in_generate and gc.output_scores
         record_logits = gc.return_dict_in_generate and gc.output_logits
+        head = DeviceHead.build(logits_processor, gc, self.config.get_text_config().vocab_size,
+                                stopping_criteria.reads_scores())  # fmt: skip
+        ids, mask = input_ids.asnumpy(), attention_mask.asnumpy()
         all_scores, all_logits = [], []
-        unfinished = mint.ones((input_ids.shape[0],), dtype=input_ids.dtype)
+        unfinished = np.ones(batch, bool)
         while True:
-            logits = decoder.logits(input_ids, attention_mask)[:, -1, :]
-            scores = logits_processor(input_ids, logits)
+            scores = logits = None
+            if head is not None:
+                outputs = decoder.select(ids, mask, head)
+                if head.return_scores:
+                    scores, logits = outputs[1], outputs[2]
+                next_tokens = outputs[0].asnumpy()
+            else:
+                logits = decoder.logits(ids, mask)[:, -1, :]
+                scores = logits_processor(ms.Tensor(ids), logits)
+                if gc.do_sample:
+                    next_tokens = sample_tokens(mint.softmax(scores, dim=-1), ms.Tensor(draw_uniforms(batch)))
+                else:
+                    next_tokens = backend.argmax(scores)
+                next_tokens = next_tokens.asnumpy()
             all_scores += [scores] if record_scores else []
             all_logits += [logits] if record_logits else []
-            if gc.do_sample:
-                next_tokens = backend.multinomial(mint.softmax(scores, dim=-1))
-            else:
-                next_tokens = backend.argmax(scores)
-            next_tokens = next_tokens.astype(input_ids.dtype)
             if gc._eos_token_list is not None:
-                next_tokens = next_tokens * unfinished + gc._pad_token_id * (1 - unfinished)
-            input_ids = mint.cat([input_ids, next_tokens.expand_dims(1)], dim=-1)
-            attention_mask = mint.cat([attention_mask, mint.ones((attention_mask.shape[0], 1), dtype=ms.int32)], dim=-1)
+                next_tokens = np.where(unfinished, next_tokens, gc._pad_token_id)
+            ids = np.concatenate([ids, next_tokens.reshape(-1, 1).astype(ids.dtype)], -1)
+            mask = np.concatenate([mask, np.ones((batch, 1), mask.dtype)], -1)
             if streamer is not None:
-                streamer.put(next_tokens)
-            finished = stopping_criteria(input_ids, scores)
-            unfinished = unfinished * mint.logical_not(finished).astype(unfinished.dtype)
-            if int(unfinished.max()) == 0:
+                streamer.put(ms.Tensor(next_tokens.astype(ids.dtype)))
+            unfinished &= ~stopping_criteria.host_done(ids, scores)
+            if not unfinished.any():
                 break
-        return _finish(input_ids, gc, streamer, all_scores, all_logits, decoder.cache)
+        return _finish(ms.Tensor(ids, input_ids.dtype), gc, streamer, all_scores, all_logits, decoder.returned_cache())
 
     # ------------------------------------------------------------------ beam search
     def _beam_search(self, input_ids, attention_mask, logits_processor, stopping_criteria, generation_config,
@@ -442,7 +457,7 @@ class GenerationMixin:
             scores=tuple(all_scores) if record_scores else None,
             logits=tuple(all_logits) if record_logits else None,
             beam_indices=ms.Tensor(beam_indices),
-            past_key_values=decoder.cache,
+            past_key_values=decoder.returned_cache(),
         )
 
     # ------------------------------------------------------------------ assisted decoding
@@ -459,7 +474,7 @@ class GenerationMixin:
         if gc.cache_implementation == "static" or ms.get_context("mode") == ms.GRAPH_MODE:
             raise ValueError("assisted generate is not supported with Static cache classes`")
         generator = get_candidate_generator(gc, assistant_model, logits_processor)
-        decoder = DynamicDecoder(self, gc)
+        decoder = DynamicDecoder(self, gc, DynamicCache())
         all_scores, all_logits = [], []
         while True:
             length = input_ids.shape[1]
@@ -489,7 +504,7 @@ class GenerationMixin:
             all_logits += [logits[i : i + 1] for i in range(matches + 1)]
             if bool(stopping_criteria(input_ids, tuple(all_scores)).all()):
                 break
-        return _finish(input_ids, gc, streamer, all_scores, all_logits, decoder.cache)
+        return _finish(input_ids, gc, streamer, all_scores, all_logits, decoder.returned_cache())
 
     # ------------------------------------------------------------------ scores of chosen tokens
     def compute_transition_scores(self, sequences, scores, beam_indices=None, normalize_logits: bool = False):
