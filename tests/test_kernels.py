@@ -112,6 +112,27 @@ def test_linear_float16():
     assert _relative(fused, ops.MatMul(transpose_b=True)(x.astype(ms.float32), weight.astype(ms.float32))) <= 1e-3
 
 
+def test_eager_calls_read_views_as_their_values():
+    """In PyNative a slice or a transpose is a view of another tensor's buffer; the kernels see its values."""
+    hidden, weight = tensor(randn(2, 9, 32)), tensor(randn(7, 32))
+    last = hidden[:, -1:]  # a strided view
+    reference = ops.MatMul(transpose_b=True)(last.reshape(2, 32).contiguous(), weight).reshape(2, 1, 7)
+    assert max_error(kernels.LINEAR(last, weight), reference) <= 1e-6
+    transposed = tensor(randn(4, 6)).swapaxes(0, 1)
+    assert max_error(kernels.RMS_NORM(transposed, tensor(np.ones(4)), kernels.config(1e-6, 0)),
+                     composed.rms_norm(transposed.contiguous(), tensor(np.ones(4)), 1e-6, False)) <= 1e-6  # fmt: skip
+
+
+def test_an_in_place_kernel_refuses_a_view_of_its_buffer():
+    case = Case(seq=1, start=4)
+    keys = ms.Parameter(case.t(np.concatenate([case.k_cache, case.k_cache], 2)), name="wide")
+    view = keys[:, :, : case.slots]
+    with pytest.raises(RuntimeError, match="writes its inputs in place"):
+        kernels.CACHED_ATTENTION(case.t(case.q), case.t(case.k), case.t(case.v), case.t(case.cos), case.t(case.sin),
+                                 case.t(case.q_norm), case.t(case.k_norm), view, view, ms.Tensor(case.positions),
+                                 case.t(case.mask), case.config)  # fmt: skip
+
+
 # ---------------------------------------------------------------- attention
 class Case:
     """Projections, rotary tables, caches and masks for one attention call, and the composed ops' answer."""

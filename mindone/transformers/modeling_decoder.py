@@ -205,7 +205,7 @@ class DecoderForCausalLM(DecoderPreTrainedModel, GenerationMixin):
             return_dict=return_dict,
         )
         hidden_states = outputs[0]
-        if logits_to_keep:
+        if logits_to_keep and logits_to_keep < hidden_states.shape[1]:  # a slice is a (slow) kernel even when it keeps all
             hidden_states = hidden_states[:, -logits_to_keep:]
         logits = self.lm_head(hidden_states)
         if self.final_logit_softcapping is not None:

@@ -60,7 +60,7 @@ class DynamicDecoder:
     def select(self, ids: np.ndarray, mask: np.ndarray, head) -> tuple:
         """The head's outputs (next tokens first) for the sequences `ids` [batch, length] so far."""
         logits = self._forward(ids, mask)[:, -1, :]
-        return _as_tuple(head(logits, *head.inputs(ids, self.width)))
+        return _as_tuple(head(logits, *(ms.Tensor(x) for x in head.inputs(ids, self.width))))
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray, logits_to_keep: int = 1) -> ms.Tensor:
         seen = self.cache.get_seq_length() if self.cache is not None else 0
@@ -136,9 +136,11 @@ class _CompiledStep(nn.Cell):
         )
         if self.head is None:
             return outputs[0]
-        return self.head(outputs[0][:, -1, :].astype(ms.float32), *head_inputs)
+        logits = outputs[0]  # [batch, 1, vocab]: a reshape, where a [:, -1] slice would cost a slow kernel
+        return self.head(logits.reshape(logits.shape[0], logits.shape[2]).astype(ms.float32), *head_inputs)
 
-    def run(self, *inputs) -> tuple:
+    def run(self, *arrays) -> tuple:
+        inputs = [x if isinstance(x, ms.Tensor) else ms.Tensor(x) for x in arrays]
         signature = tuple((tuple(x.shape), x.dtype) for x in inputs)
         if signature in self.signatures:
             return _as_tuple(self.graph(*inputs))
@@ -250,8 +252,7 @@ class StaticDecoder:
         else:
             ids, cache_position = ids[:, -1:], np.array([seen], np.int32)
             position_ids, self.cache.seen_tokens = mask.sum(-1, keepdims=True).astype(np.int32) - 1, seen + 1
-        inputs = (ms.Tensor(ids), ms.Tensor(position_ids), ms.Tensor(cache_position), self.slot_mask)
-        return step.run(*inputs, *head_inputs)
+        return step.run(ids, position_ids, cache_position, self.slot_mask, *head_inputs)
 
     def reorder(self, beam_idx: ms.Tensor) -> None:
         self.cache.reorder_cache(beam_idx)

@@ -28,6 +28,9 @@ _SCORES_ONLY = (
 )  # fmt: skip
 
 
+_ARGMAX = ops.Argmax(axis=-1, output_type=ms.int32)
+
+
 def sample_tokens(probs: ms.Tensor, uniforms: ms.Tensor) -> ms.Tensor:
     """One draw per row from `probs` [batch, vocab] by inverting its cumulative sum at `uniforms` [batch] in [0, 1):
     the first token whose cumulative probability exceeds u * total."""
@@ -97,8 +100,9 @@ def _flag_on(processor, length: int) -> bool:
 
 
 class DeviceHead(nn.Cell):
-    """(logits [batch, vocab] float32, flags [n], uniforms [batch], tokens [batch, width]) -> next tokens
-    [batch] int32, plus the processed scores and the logits when the caller records them."""
+    """(logits [batch, vocab] float32, *inputs) -> next tokens [batch] int32, plus the processed scores and the
+    logits when the caller records them. `inputs` are what `inputs()` makes for the step: flags [n], uniforms
+    [batch], tokens [batch, width], those the head uses."""
 
     def __init__(self, steps: list, do_sample: bool, return_scores: bool):
         super().__init__(auto_prefix=False)
@@ -120,26 +124,31 @@ class DeviceHead(nn.Cell):
 
     # ------------------------------------------------------------ host side
     def inputs(self, ids: np.ndarray, width: int) -> tuple:
-        """The head's per-step inputs for the sequences so far ([batch, length] numpy); the token matrix is `width`
+        """The head's per-step inputs (numpy) for the sequences so far ([batch, length] numpy): the flags of the
+        length-gated processors, the uniforms of sampling and the token matrix of the repetition penalty, each only
+        when used (an unused graph input costs ~5 ms per call on the CPU backend). The token matrix is `width`
         wide whatever the length, so one compiled graph serves every step."""
         batch, length = ids.shape
-        flags = np.array([_flag_on(self.steps[i].processor, length) for i in self.gated] or [False])
-        uniforms = draw_uniforms(batch) if self.do_sample else np.zeros(batch, np.float32)
+        inputs = []
+        if self.gated:
+            inputs.append(np.array([_flag_on(self.steps[i].processor, length) for i in self.gated]))
+        if self.do_sample:
+            inputs.append(draw_uniforms(batch))
         if self.uses_tokens:  # padded with each row's first token: penalising it again changes nothing
             tokens = np.repeat(ids[:, :1], width, axis=1)
             tokens[:, :length] = ids
-        else:
-            tokens = np.zeros((batch, 1))
-        return ms.Tensor(flags), ms.Tensor(uniforms), ms.Tensor(tokens.astype(np.int32))
+            inputs.append(tokens.astype(np.int32))
+        return tuple(inputs)
 
     # ------------------------------------------------------------ device side
-    def construct(self, logits, flags, uniforms, tokens):
+    def construct(self, logits, *inputs):
+        flags = inputs[0] if self.gated else None
+        uniforms = inputs[1 if self.gated else 0] if self.do_sample else None
+        tokens = inputs[-1] if self.uses_tokens else None
         scores = logits
         flag = 0
         for step in self.steps:
-            if step.kind == "scores":
-                scores = step.processor(tokens, scores)
-            elif step.kind == "repetition":
+            if step.kind in ("scores", "repetition"):
                 scores = step.processor(tokens, scores)
             elif step.kind == "suppress_always":
                 scores = mint.where(step.mask, ms.Tensor(lp.NEG_INF, scores.dtype), scores)
@@ -153,7 +162,7 @@ class DeviceHead(nn.Cell):
         if self.do_sample:
             tokens_out = sample_tokens(mint.softmax(scores, dim=-1), uniforms)
         else:
-            tokens_out = ops.argmax(scores, dim=-1).astype(ms.int32)
+            tokens_out = _ARGMAX(scores)
         if self.return_scores:
             return tokens_out, scores, logits
         return tokens_out

@@ -6,12 +6,14 @@ one launch; they run in PyNative and inside compiled graphs. Without a compiler,
 fails, one warning line names the compiler log and the model keeps the composed ops; MINDONE_FUSED_KERNELS=0
 forces the composed ops. `backend.py` is the only caller: models never ask whether the kernels exist."""
 
+import ctypes
 import functools
 import logging
 import os
 from typing import Optional
 
 import mindspore as ms
+import numpy as np
 from mindspore import ops
 
 from .builder import BuildError, build
@@ -49,17 +51,85 @@ def available() -> bool:
     return True
 
 
-def _custom(function: str, outputs: int = 1, writes_inputs: bool = False):
-    """The primitive of one kernel. Output shapes and dtypes come from the library's C++ infer functions
-    (csrc/infer.cc), which every graph compiler path can call."""
-    primitive = ops.Custom(f"{library()}:{function}", func_type="aot")
-    primitive.add_prim_attr("reg_op_name", function)  # what MindSpore's C++ infer names in its messages
-    if outputs > 1:
-        primitive.multi_output = True
-        primitive.add_prim_attr("multi_output", True)
-    if writes_inputs:  # keeps the op in a graph and orders it against later reads of the buffers it writes
-        primitive.add_prim_attr("side_effect_mem", True)
-    return primitive
+_DTYPES = {ms.float32: (np.float32, b"float32"), ms.float16: (np.float16, b"float16"), ms.int32: (np.int32, b"int32"),
+           ms.int64: (np.int64, b"int64"), ms.bool_: (np.bool_, b"bool")}  # fmt: skip
+_STATUS = {1: "wrong number of inputs", 2: "unsupported dtype", 3: "inconsistent shapes"}
+
+
+class Kernel(ops.Custom):
+    """One kernel: a MindSpore custom op, and in PyNative a direct call.
+
+    Inside compiled graphs it is an ordinary AOT custom op whose output shapes and dtypes come from the library's
+    C++ infer functions (csrc/infer.cc), which every graph compiler path can call. Called eagerly (PyNative), it
+    runs the same C++ function directly on the tensors' memory: MindSpore's eager dispatch of a custom op costs
+    ~100 us (path resolution, infer, kernel set-up) where most of these kernels take 5-50 us. On the CPU backend
+    `data_ptr()` is the tensor's own buffer, so in-place writes reach it; eager ops have finished when they
+    return because the CPU runtime launches them blocking (backend.prepare_runtime)."""
+
+    def __init__(self, function: str, out_shapes, outputs: int = 1, writes_inputs: bool = False):
+        """`out_shapes(*input_shapes)` gives the output shapes (as csrc/infer.cc does, for eager calls)."""
+        super().__init__(f"{library()}:{function}", func_type="aot")
+        self.add_prim_attr("reg_op_name", function)  # what MindSpore's C++ infer names in its messages
+        self.function, self.out_shapes, self.outputs, self.writes_inputs = function, out_shapes, outputs, writes_inputs
+        if outputs > 1:
+            self.multi_output = True
+            self.add_prim_attr("multi_output", True)
+        if writes_inputs:  # keeps the op in a graph and orders it against later reads of the buffers it writes
+            self.add_prim_attr("side_effect_mem", True)
+        self.entry = getattr(ctypes.CDLL(library()), function)
+
+    def __call__(self, *inputs):
+        inputs = [x if x.is_contiguous() else self._contiguous(x) for x in inputs]
+        dtype, dtype_name = _DTYPES[inputs[0].dtype]
+        results = [np.empty(shape, dtype) for shape in self.out_shapes(*(x.shape for x in inputs))]
+        count = len(inputs) + len(results)
+        shapes = [x.shape for x in inputs] + [r.shape for r in results]
+        status = self.entry(
+            count,
+            (ctypes.c_void_p * count)(*(x.data_ptr() for x in inputs), *(r.ctypes.data for r in results)),
+            (ctypes.c_int * count)(*(len(shape) for shape in shapes)),
+            (ctypes.POINTER(ctypes.c_int64) * count)(*((ctypes.c_int64 * max(1, len(s)))(*s) for s in shapes)),
+            (ctypes.c_char_p * count)(*(_DTYPES[x.dtype][1] for x in inputs), *([dtype_name] * len(results))),
+            None,
+            None,
+        )
+        if status != 0:
+            shapes_text = ", ".join(str(tuple(x.shape)) for x in inputs)
+            raise RuntimeError(f"fused kernel {self.function} refused its inputs ({_STATUS.get(status, status)}): {shapes_text}")
+        tensors = tuple(ms.from_numpy(r) for r in results)
+        return tensors if self.outputs > 1 else tensors[0]
+
+
+    def _contiguous(self, x: ms.Tensor) -> ms.Tensor:
+        """A PyNative view (a slice, a transpose) as a tensor of its own: the kernels read dense buffers."""
+        if self.writes_inputs:  # a copy would take the in-place write
+            raise RuntimeError(f"fused kernel {self.function} writes its inputs in place; pass dense tensors, not views")
+        return x.contiguous()
+
+
+def _same(x, *rest):
+    return (x,)
+
+
+def _pair(x, *rest):
+    return x, x
+
+
+def _linear(x, weight, *rest):
+    return (x[:-1] + weight[:1],)
+
+
+def _packed_gated(x, gate_up, *rest):
+    return (x[:-1] + (gate_up[0] // 2,),)
+
+
+def _packed_attention(qkv, k, v, cos, sin, q_norm, k_norm, k_cache, *rest):
+    """[B, S, (H + 2 KV) * D] with the cache's [B, KV, L, D] -> [B, S, H * D]"""
+    return (qkv[:-1] + (qkv[-1] - 2 * k_cache[1] * k_cache[3],),)
+
+
+def _rope(q, k, *rest):
+    return q, k
 
 
 def _create_primitives() -> None:
@@ -74,14 +144,14 @@ def _create_primitives() -> None:
     ATTENTION (q [B, S, H * D], k [B, KV, L, D], v [B, KV, L, D], mask [1 or B, 1, S, L], cfg) -> [B, S, H * D]."""
     global RMS_NORM, ADD_RMS_NORM, LAYER_NORM, ADD_LAYER_NORM, LINEAR, LINEAR_BIAS, GATED_LINEAR
     global GATED_LINEAR_PACKED, CACHED_ATTENTION, CACHED_ATTENTION_PACKED, ROPE_QK, ATTENTION
-    RMS_NORM, ADD_RMS_NORM = _custom("RmsNorm"), _custom("AddRmsNorm", outputs=2)
-    LAYER_NORM, ADD_LAYER_NORM = _custom("LayerNorm"), _custom("AddLayerNorm", outputs=2)
-    LINEAR, LINEAR_BIAS = _custom("Linear"), _custom("LinearBias")
-    GATED_LINEAR, GATED_LINEAR_PACKED = _custom("GatedLinear"), _custom("GatedLinearPacked")
-    CACHED_ATTENTION = _custom("CachedAttention", writes_inputs=True)
-    CACHED_ATTENTION_PACKED = _custom("CachedAttentionPacked", writes_inputs=True)
-    ROPE_QK = _custom("RopeQk", outputs=2)
-    ATTENTION = _custom("Attention")
+    RMS_NORM, ADD_RMS_NORM = Kernel("RmsNorm", _same), Kernel("AddRmsNorm", _pair, outputs=2)
+    LAYER_NORM, ADD_LAYER_NORM = Kernel("LayerNorm", _same), Kernel("AddLayerNorm", _pair, outputs=2)
+    LINEAR, LINEAR_BIAS = Kernel("Linear", _linear), Kernel("LinearBias", _linear)
+    GATED_LINEAR, GATED_LINEAR_PACKED = Kernel("GatedLinear", _linear), Kernel("GatedLinearPacked", _packed_gated)
+    CACHED_ATTENTION = Kernel("CachedAttention", _same, writes_inputs=True)
+    CACHED_ATTENTION_PACKED = Kernel("CachedAttentionPacked", _packed_attention, writes_inputs=True)
+    ROPE_QK = Kernel("RopeQk", _rope, outputs=2)
+    ATTENTION = Kernel("Attention", _same)
 
 
 def config(*values) -> ms.Tensor:

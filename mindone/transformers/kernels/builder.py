@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 SOURCE_DIR = Path(__file__).parent / "csrc"
-FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-pthread")
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-pthread", "-Wno-psabi")
 ABI_VERSION = 1  # bump with any change of a kernel's inputs or outputs; the Python wrappers check it
 
 

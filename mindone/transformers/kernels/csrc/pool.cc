@@ -1,7 +1,11 @@
-// The thread pool behind mk::parallel_for: persistent workers that spin briefly for the next job (kernels of a
-// decode step follow each other within tens of microseconds) and then sleep on a futex, so an idle pool costs
-// no CPU. A forked child (msrun workers, test subprocesses) starts a pool of its own.
+// The thread pool behind mk::parallel_for: persistent workers that wait for the next job by spinning, then by
+// yielding, then by sleeping on a futex. Kernels of a decode step follow each other within tens of microseconds
+// (compiled) to a few hundred (PyNative), and waking a sleeping thread costs about as much as a small kernel, so
+// workers keep polling for a while; polling with sched_yield leaves the core to any other runnable thread (such
+// as MindSpore's own kernel threads during a large MatMul). An idle pool sleeps and costs no CPU. A forked child
+// (msrun workers, test subprocesses) starts a pool of its own.
 #include <linux/futex.h>
+#include <pthread.h>
 #include <sched.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -18,7 +22,8 @@
 namespace mk {
 namespace {
 
-constexpr uint64_t kSpinNanoseconds = 200000;
+constexpr uint64_t kSpinNanoseconds = 20000;    // busy polling
+constexpr uint64_t kYieldNanoseconds = 5000000;  // then polling with sched_yield, then sleeping
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -79,11 +84,14 @@ class Pool {
     for (;;) {
       uint64_t start = now_ns();
       for (int spins = 0; generation_.load(std::memory_order_acquire) == seen; spins++) {
-        if ((spins & 255) == 255 && now_ns() - start > kSpinNanoseconds) {
+        uint64_t waited = (spins & 63) == 63 ? now_ns() - start : 0;
+        if (waited > kYieldNanoseconds) {
           sleepers_.fetch_add(1, std::memory_order_acq_rel);
           futex(&generation_, FUTEX_WAIT_PRIVATE, seen);
           sleepers_.fetch_sub(1, std::memory_order_acq_rel);
           start = now_ns();
+        } else if (waited > kSpinNanoseconds) {
+          sched_yield();
         } else {
           cpu_relax();
         }
@@ -102,16 +110,21 @@ class Pool {
   void *ctx_ = nullptr;
 };
 
+std::atomic<Pool *> instance{nullptr};
+std::mutex creation;
+
+void forget_pool_in_child() { instance.store(nullptr); }  // after fork() the parent's workers do not exist here
+
 Pool *pool() {
-  static std::mutex guard;
-  static Pool *instance = nullptr;
-  static pid_t owner = 0;
-  std::lock_guard<std::mutex> lock(guard);
-  if (instance == nullptr || owner != getpid()) {  // after fork() the parent's workers do not exist here
-    instance = new Pool(configured_threads());   // never freed: detached workers may still reference it
-    owner = getpid();
+  Pool *p = instance.load(std::memory_order_acquire);
+  if (p != nullptr) return p;
+  std::lock_guard<std::mutex> lock(creation);
+  if (instance.load() == nullptr) {
+    static bool registered = (pthread_atfork(nullptr, nullptr, forget_pool_in_child), true);
+    (void)registered;
+    instance.store(new Pool(configured_threads()));  // never freed: detached workers may still reference it
   }
-  return instance;
+  return instance.load();
 }
 
 }  // namespace
