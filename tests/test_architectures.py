@@ -71,6 +71,18 @@ def test_cached_decode_logits(pair):
     assert np.abs(np.concatenate(steps, 1) - torch_logits(reference, ids)[:, 7:]).max() <= 1e-4
 
 
+def test_output_hidden_states(pair):
+    """Embeddings, each layer's output and the final norm's, as transformers returns them."""
+    reference, model = pair
+    ids = random_ids(1, 7, seed=8)
+    with torch.no_grad():
+        expected = reference(torch.tensor(ids), output_hidden_states=True).hidden_states
+    ours = model(input_ids=ms_tensor(ids), output_hidden_states=True).hidden_states
+    assert len(ours) == len(expected) == model.config.num_hidden_layers + 1
+    for mine, theirs in zip(ours, expected):
+        assert np.abs(mine.asnumpy() - theirs.numpy()).max() <= 1e-4
+
+
 def reference_generate(reference, ids, mask=None, **kwargs):
     """transformers' greedy tokens. Past the LongRoPE switch its Phi-3 recomputes the cache in one forward whose
     mask is not causal (4.57: the mask is sized from a one-element cache_position), so for LongRoPE the reference

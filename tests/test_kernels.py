@@ -93,16 +93,27 @@ ACTIVATIONS = {"silu": (0, ops.silu), "gelu_tanh": (1, lambda g: ops.gelu(g, "ta
 
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
 @pytest.mark.parametrize("rows, out_features, in_features", SHAPES[:5])
-def test_gated_linear(rows, out_features, in_features, activation):
+def test_mlp(rows, out_features, in_features, activation):
     code, act = ACTIVATIONS[activation]
     x = tensor(randn(rows, in_features) * 0.3)
     gate, up = tensor(randn(out_features, in_features) * 0.3), tensor(randn(out_features, in_features) * 0.3)
+    down = tensor(randn(in_features + 3, out_features) * 0.3)
     matmul = ops.MatMul(transpose_b=True)
-    reference = act(matmul(x, gate)) * matmul(x, up)
+    reference = matmul(act(matmul(x, gate)) * matmul(x, up), down)
     config = kernels.config(code)
-    assert _relative(kernels.GATED_LINEAR(x, gate, up, config), reference) <= 1e-5
+    assert _relative(kernels.MLP(x, gate, up, down, config), reference) <= 1e-5
     packed = ms.Tensor(np.concatenate([gate.asnumpy(), up.asnumpy()]))
-    assert _relative(kernels.GATED_LINEAR_PACKED(x, packed, config), reference) <= 1e-5
+    assert _relative(kernels.MLP_PACKED(x, packed, down, config), reference) <= 1e-5
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_qkv(bias):
+    x = tensor(randn(3, 40))
+    weights, biases = [tensor(randn(n, 40)) for n in (48, 16, 16)], [tensor(randn(n)) for n in (48, 16, 16)]
+    outputs = kernels.QKV_BIAS(x, *weights, *biases) if bias else kernels.QKV(x, *weights)
+    for out, weight, b in zip(outputs, weights, biases):
+        reference = ops.MatMul(transpose_b=True)(x, weight) + (b if bias else 0)
+        assert out.shape == reference.shape and _relative(out, reference) <= 1e-6
 
 
 def test_linear_float16():
@@ -237,6 +248,37 @@ def test_cached_attention_float16():
     expected, _, _ = case.reference()
     out, _, _ = case.fused()
     assert out.dtype == ms.float16 and max_error(out, expected) <= 1e-2
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+def test_attention_block(bias, packed):
+    """Projections, cached attention and the output projection in one kernel, against the composed ops."""
+    case = Case(seq=2, start=6, norm_eps=1e-6, rotary_dim=8)
+    hidden, q_size, kv_size = 40, case.heads * case.head_dim, case.kv_heads * case.head_dim
+    x = randn(case.batch, case.seq, hidden)
+    weights = [randn(n, hidden) * 0.2 for n in (q_size, kv_size, kv_size)]
+    biases = [randn(n) if bias else np.zeros(n, np.float32) for n in (q_size, kv_size, kv_size)]
+    o_weight, o_bias = randn(hidden, q_size) * 0.2, randn(hidden) if bias else np.zeros(hidden, np.float32)
+    case.q, case.k, case.v = (x @ w.T + b for w, b in zip(weights, biases))
+    expected, keys, values = case.reference()
+    expected = ops.MatMul(transpose_b=True)(expected.reshape(-1, q_size), tensor(o_weight)).reshape(2, 2, hidden) + tensor(o_bias)
+    unused = tensor([0.0])
+    if packed:
+        projections = (tensor(np.concatenate(weights)), unused, unused)
+        projection_biases = (tensor(np.concatenate(biases)) if bias else unused, unused, unused)
+        config = kernels.config(*case.config.asnumpy()[:5], 1, *case.config.asnumpy()[6:])
+    else:
+        projections = tuple(tensor(w) for w in weights)
+        projection_biases = tuple(tensor(b) for b in biases) if bias else (unused,) * 3
+        config = case.config
+    key_cache, value_cache = ms.Parameter(tensor(case.k_cache), name="k"), ms.Parameter(tensor(case.v_cache), name="v")
+    out = kernels.ATTENTION_BLOCK(tensor(x), *projections, tensor(o_weight), *projection_biases,
+                                  tensor(o_bias) if bias else unused, tensor(case.cos), tensor(case.sin),
+                                  tensor(case.q_norm), tensor(case.k_norm), key_cache, value_cache,
+                                  ms.Tensor(case.positions), tensor(case.mask), config)  # fmt: skip
+    assert out.shape == (2, 2, hidden) and _relative(out, expected) <= 1e-5
+    assert np.abs(key_cache.asnumpy() - keys).max() <= 1e-5 and np.abs(value_cache.asnumpy() - values).max() <= 1e-5
 
 
 @pytest.mark.parametrize("name", ["gqa_prefill_padding", "qk_norm_unit_offset", "softcap_scaling"])

@@ -54,16 +54,25 @@ def test_static_logits_match_dynamic(pair):
         assert np.abs(a.asnumpy() - b.asnumpy()).max() <= 1e-5
 
 
-def test_compiled_graphs_are_bounded_by_buckets(tmp_path):
+def test_only_the_decode_step_is_compiled(tmp_path):
+    """PyNative: prompts of any length run eagerly into the cache; one decode graph per batch and cache length."""
+    save_tiny_llama(tmp_path, seed=4)
+    model = LlamaForCausalLM.from_pretrained(tmp_path)
+    for length in (3, 9, 14, 16, 20, 31):  # one cache length (256)
+        model.generate(ms_tensor(random_ids(1, length, seed=length)), max_new_tokens=10, cache_implementation="static")
+    assert compiled_graph_count(model) == 1
+    model.generate(ms_tensor(random_ids(2, 12)), max_new_tokens=10, cache_implementation="static")
+    assert compiled_graph_count(model) == 2  # a new batch size compiles its own decode step
+
+
+def test_graph_mode_compiles_prefill_per_bucket(tmp_path, graph_mode):
     save_tiny_llama(tmp_path, seed=4)
     model = LlamaForCausalLM.from_pretrained(tmp_path)
     for length in (3, 9, 14, 16, 20, 31):  # buckets 16 and 32, one cache length (256)
-        model.generate(ms_tensor(random_ids(1, length, seed=length)), max_new_tokens=10, cache_implementation="static")
+        model.generate(ms_tensor(random_ids(1, length, seed=length)), max_new_tokens=10)
     assert compiled_graph_count(model) == 3  # prefill 16, prefill 32, decode
-    model.generate(ms_tensor(random_ids(1, 12)), max_new_tokens=10, cache_implementation="static")
+    model.generate(ms_tensor(random_ids(1, 12)), max_new_tokens=10)
     assert compiled_graph_count(model) == 3  # nothing new for a length seen before
-    model.generate(ms_tensor(random_ids(2, 12)), max_new_tokens=10, cache_implementation="static")
-    assert compiled_graph_count(model) == 5  # a new batch size compiles its own prefill + decode
 
 
 def test_user_static_cache_and_overflow_error(pair):

@@ -1,6 +1,6 @@
 """Every choice that depends on the MindSpore device target, or on whether the fused CPU kernels are built, lives here.
 
-Layers ask for a kernel once, at construction (`norm_kernel`, `attention_kernel`, `gated_mlp_kernel`), keep the
+Layers ask for a kernel once, at construction (`norm_kernel`, `attention_kernel`, `mlp_kernel`), keep the
 answer ("fused": the C++ custom ops of `kernels/`, "ascend": Ascend's built-in fused ops, "composed": plain
 MindSpore ops from `composed.py`) and pass it back to the functions below, which dispatch on it. The answer is a
 Python constant, so compiled graphs contain only the chosen branch.
@@ -163,8 +163,8 @@ def add_layer_norm(kernel: str, x, residual, weight, bias, eps: float, config):
 
 
 # ---------------------------------------------------------------- gated MLP
-def gated_mlp_kernel(activation: str, bias: bool, dtype) -> str:
-    """"fused": one kernel computes act(x @ gate^T) * (x @ up^T) for decoding (bias-free projections);
+def mlp_kernel(activation: str, bias: bool, dtype) -> str:
+    """"fused": one kernel computes down(act(x @ gate^T) * (x @ up^T)) for decoding (bias-free projections);
     "swiglu": Ascend's fused silu(gate) * up over a packed gate/up output; "composed" otherwise."""
     if is_ascend():
         return "swiglu" if activation in ("silu", "swish") else "composed"
@@ -172,25 +172,35 @@ def gated_mlp_kernel(activation: str, bias: bool, dtype) -> str:
     return "fused" if fits and fused_cpu_kernels() else "composed"
 
 
-def gated_mlp_config(kernel: str, activation: str):
+def mlp_config(kernel: str, activation: str):
     return kernels.config(ACTIVATIONS[activation]) if kernel == "fused" else None
 
 
-def gated_mlp(kernel: str, x, gate, up, act_fn, act_config, packed: bool):
-    """act(x @ gate^T) * (x @ up^T). `gate` and `up` are the projection cells; with `packed` the one cell `gate`
-    holds both (gate rows first, Phi-3's gate_up_proj) and `up` is None."""
+def mlp(kernel: str, x, gate, up, down, act_fn, act_config, packed: bool):
+    """down(act(x @ gate^T) * (x @ up^T)). `gate`, `up` and `down` are the projection cells; with `packed` the one
+    cell `gate` holds gate and up (gate rows first, Phi-3's gate_up_proj) and `up` is None. Decoding rows run as one
+    fused kernel."""
     rows = x.size // x.shape[-1]
     if kernel == "fused" and rows <= FUSED_LINEAR_MAX_ROWS:
         if packed:
-            return kernels.GATED_LINEAR_PACKED(x, gate.weight, act_config)
-        return kernels.GATED_LINEAR(x, gate.weight, up.weight, act_config)
+            return kernels.MLP_PACKED(x, gate.weight, down.weight, act_config)
+        return kernels.MLP(x, gate.weight, up.weight, down.weight, act_config)
     if packed:
         both = gate(x)
         if kernel == "swiglu":
-            return ops.swiglu(both, -1)
+            return down(ops.swiglu(both, -1))
         half = both.shape[-1] // 2
-        return act_fn(both[..., :half]) * both[..., half:]
-    return act_fn(gate(x)) * up(x)
+        return down(act_fn(both[..., :half]) * both[..., half:])
+    return down(act_fn(gate(x)) * up(x))
+
+
+def qkv_projection(kernel: str, x, q_proj, k_proj, v_proj):
+    """The q, k and v projections (Linear cells with biases or none); decoding rows run as one fused kernel."""
+    if kernel == "fused" and x.size // x.shape[-1] <= FUSED_LINEAR_MAX_ROWS:
+        if q_proj.bias is None:
+            return kernels.QKV(x, q_proj.weight, k_proj.weight, v_proj.weight)
+        return kernels.QKV_BIAS(x, q_proj.weight, k_proj.weight, v_proj.weight, q_proj.bias, k_proj.bias, v_proj.bias)
+    return q_proj(x), k_proj(x), v_proj(x)
 
 
 # ---------------------------------------------------------------- attention
@@ -241,6 +251,23 @@ def fused_attention(query, key, value, cos, sin, q_norm, k_norm, mask, cache, la
     if cache is not None:
         key, value = cache.update(key, value, layer_idx, {"cache_position": cache_position})
     return kernels.ATTENTION(query, key, value, mask, config)
+
+
+def fits_attention_block(x, cache, projection_kernel: str) -> bool:
+    """Whether decoding rows over a static cache can run the whole attention (projections, cached attention, output
+    projection) as one fused kernel: it saves two launches per layer."""
+    rows = x.size // x.shape[-1]
+    return cache is not None and cache.is_static and projection_kernel == "fused" and rows <= FUSED_LINEAR_MAX_ROWS
+
+
+def attention_block(x, projections: tuple, biases: tuple, o_proj, cos, sin, q_norm, k_norm, mask, cache, layer_idx: int,
+                    cache_position, config, unused):  # fmt: skip
+    """o_proj(attention(x)) in one kernel: `projections` are the q, k and v weights (or the packed qkv weight and
+    two `unused` placeholders), `biases` theirs or placeholders; see fits_attention_block."""
+    keys, values = cache.layer_buffers(layer_idx)
+    o_bias = unused if o_proj.bias is None else o_proj.bias
+    return kernels.ATTENTION_BLOCK(x, *projections, o_proj.weight, *biases, o_bias, cos, sin, q_norm, k_norm, keys, values,
+                                   cache_position, mask, config)  # fmt: skip
 
 
 def flash_attention(query, key, value, attention_mask, scaling: float):

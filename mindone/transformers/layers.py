@@ -227,7 +227,7 @@ class Attention(nn.Cell):
             self.kernel, self.scaling, self.softcap, rotary_dim, self.num_heads, self.num_kv_heads,
             config.rms_norm_eps if qk_norm else 0.0, unit_offset_norm, fused_qkv,
         )  # fmt: skip
-        self.no_norm = ms.Tensor(np.zeros(1), dtype)
+        self.unused = ms.Tensor(np.zeros(1), dtype)  # a kernel input this layer has no tensor for
 
     def _heads(self, x, num_heads):
         batch, seq, _ = x.shape
@@ -235,6 +235,8 @@ class Attention(nn.Cell):
 
     def construct(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, cache_position=None):
         batch, seq, _ = hidden_states.shape
+        if self.kernel == "fused" and backend.fits_attention_block(hidden_states, past_key_values, self.o_proj.kernel):
+            return self._block(hidden_states, position_embeddings, attention_mask, past_key_values, cache_position)
         if self.fused_qkv:
             qkv = self.qkv_proj(hidden_states)
             if self.kernel == "fused":
@@ -243,7 +245,7 @@ class Attention(nn.Cell):
             query, key = qkv[:, :, : self.q_size], qkv[:, :, self.q_size : self.q_size + self.kv_size]
             value = qkv[:, :, self.q_size + self.kv_size :]
         else:
-            query, key, value = self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)
+            query, key, value = backend.qkv_projection(self.q_proj.kernel, hidden_states, self.q_proj, self.k_proj, self.v_proj)
             if self.kernel == "fused":
                 output = self._fused(query, key, value, position_embeddings, attention_mask, past_key_values, cache_position)
                 return self.o_proj(output)
@@ -264,10 +266,25 @@ class Attention(nn.Cell):
             output = composed.attention(query, key, value, attention_mask, self.scaling, self.softcap)
         return self.o_proj(output.reshape(batch, seq, -1))
 
+    def _block(self, hidden_states, position_embeddings, attention_mask, past_key_values, cache_position):
+        cos, sin = position_embeddings
+        q_norm = self.q_norm.weight if self.qk_norm else self.unused
+        k_norm = self.k_norm.weight if self.qk_norm else self.unused
+        if self.fused_qkv:
+            bias = self.unused if self.qkv_proj.bias is None else self.qkv_proj.bias
+            projections, biases = (self.qkv_proj.weight, self.unused, self.unused), (bias, self.unused, self.unused)
+        else:
+            projections = (self.q_proj.weight, self.k_proj.weight, self.v_proj.weight)
+            cells = (self.q_proj, self.k_proj, self.v_proj)
+            biases = tuple(self.unused if cell.bias is None else cell.bias for cell in cells)
+        return backend.attention_block(hidden_states, projections, biases, self.o_proj, cos, sin, q_norm, k_norm,
+                                       attention_mask, past_key_values, self.layer_idx, cache_position,
+                                       self.kernel_config, self.unused)  # fmt: skip
+
     def _fused(self, query, key, value, position_embeddings, attention_mask, past_key_values, cache_position):
         cos, sin = position_embeddings
-        q_norm = self.q_norm.weight if self.qk_norm else self.no_norm
-        k_norm = self.k_norm.weight if self.qk_norm else self.no_norm
+        q_norm = self.q_norm.weight if self.qk_norm else self.unused
+        k_norm = self.k_norm.weight if self.qk_norm else self.unused
         return backend.fused_attention(query, key, value, cos, sin, q_norm, k_norm, attention_mask, past_key_values,
                                        self.layer_idx, cache_position, self.kernel_config, self.fused_qkv,
                                        self.num_heads, self.num_kv_heads, self.head_dim)  # fmt: skip
@@ -290,12 +307,11 @@ class GatedMLP(nn.Cell):
         self.down_proj = Linear(self.intermediate, hidden, bias, std)
         activation = getattr(config, activation_key)
         self.act_fn = get_activation(activation)
-        self.kernel = backend.gated_mlp_kernel(activation, bias, _DEFAULTS["dtype"])
-        self.kernel_config = backend.gated_mlp_config(self.kernel, activation)
+        self.kernel = backend.mlp_kernel(activation, bias, _DEFAULTS["dtype"])
+        self.kernel_config = backend.mlp_config(self.kernel, activation)
 
     def construct(self, x):
         if self.fused_gate_up:
-            gated = backend.gated_mlp(self.kernel, x, self.gate_up_proj, None, self.act_fn, self.kernel_config, True)
-        else:
-            gated = backend.gated_mlp(self.kernel, x, self.gate_proj, self.up_proj, self.act_fn, self.kernel_config, False)
-        return self.down_proj(gated)
+            return backend.mlp(self.kernel, x, self.gate_up_proj, None, self.down_proj, self.act_fn, self.kernel_config, True)
+        return backend.mlp(self.kernel, x, self.gate_proj, self.up_proj, self.down_proj, self.act_fn, self.kernel_config,
+                           False)  # fmt: skip

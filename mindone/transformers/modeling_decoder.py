@@ -42,11 +42,21 @@ class DecoderLayer(nn.Cell):
     def norm(config, options) -> RMSNorm:
         return RMSNorm(config.hidden_size, config.rms_norm_eps, options.unit_offset_norm)
 
-    def construct(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, cache_position=None):
-        normed = self.input_layernorm(hidden_states)
+    def construct(self, hidden_states, residual, position_embeddings, attention_mask=None, past_key_values=None,
+                  cache_position=None):  # fmt: skip
+        """Returns (the MLP's output, the residual stream before it): their sum is the layer's output, which the
+        next layer's input norm (or the final norm) adds in the same kernel. `residual` is None for the first
+        layer, whose input is the embeddings alone."""
+        residual, normed = self.norm_input(hidden_states, residual)
         attended = self.self_attn(normed, position_embeddings, attention_mask, past_key_values, cache_position)
-        hidden_states, normed = self.post_attention_layernorm.add_and_norm(attended, hidden_states)
-        return hidden_states + self.mlp(normed)
+        residual, normed = self.post_attention_layernorm.add_and_norm(attended, residual)
+        return self.mlp(normed), residual
+
+    def norm_input(self, hidden_states, residual):
+        """(the layer's input, its input norm)."""
+        if residual is None:
+            return hidden_states, self.input_layernorm(hidden_states)
+        return self.input_layernorm.add_and_norm(hidden_states, residual)
 
 
 class DecoderPreTrainedModel(PreTrainedModel):
@@ -137,14 +147,26 @@ class DecoderModel(DecoderPreTrainedModel):
         global_rope = self.rotary_emb(inputs_embeds, position_ids)
         local_rope = self.rotary_emb_local(inputs_embeds, position_ids) if self.rotary_emb_local is not None else global_rope
 
-        hidden_states, all_hidden_states = inputs_embeds, ()
+        hidden_states, residual, all_hidden_states = inputs_embeds, None, ()
         for layer in self.layers:
-            all_hidden_states += (hidden_states,)
+            if output_hidden_states:
+                all_hidden_states += (layer_input(hidden_states, residual),)
             if layer.sliding_window is None:
-                hidden_states = layer(hidden_states, global_rope, full_mask, cache, cache_position)
+                hidden_states, residual = layer(hidden_states, residual, global_rope, full_mask, cache, cache_position)
             else:
-                hidden_states = layer(hidden_states, local_rope, sliding_mask, cache, cache_position)
-        return self._output(self.norm(hidden_states), cache, all_hidden_states, output_hidden_states, return_dict)
+                hidden_states, residual = layer(hidden_states, residual, local_rope, sliding_mask, cache, cache_position)
+        normed = final_norm(self.norm, hidden_states, residual)
+        return self._output(normed, cache, all_hidden_states, output_hidden_states, return_dict)
+
+
+def layer_input(hidden_states, residual):
+    """A layer's input from the (output, residual) pair the previous layer returned."""
+    return hidden_states if residual is None else hidden_states + residual
+
+
+def final_norm(norm, hidden_states, residual):
+    """The final norm of the last layer's (output, residual) pair, with their sum fused into it."""
+    return norm(hidden_states) if residual is None else norm.add_and_norm(hidden_states, residual)[1]
 
 
 def _local_rotary(config) -> Optional[RotaryEmbedding]:

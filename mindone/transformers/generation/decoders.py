@@ -1,9 +1,9 @@
 """How generate() runs the model: op by op in PyNative, or a compiled step over a StaticCache.
 
 `StaticDecoder` is the gpt-fast design on MindSpore: the cache is preallocated and written in place at a position
-tensor, prompts are left-padded to a few length buckets, and one graph per (batch, bucket or 1, cache length,
-dtype, head) is compiled with `ms.jit` and reused across positions and generate() calls. With a `DeviceHead` the
-graph also chooses the next tokens, so a decode step is one launch and one copy of the tokens back to the host.
+tensor, the prompt runs eagerly into it, and one decode graph per (batch, cache length, dtype, head) is compiled
+with `ms.jit` and reused across positions and generate() calls. With a `DeviceHead` the graph also chooses the
+next tokens, so a decode step is one launch and one copy of the tokens back to the host.
 
 Both decoders keep the loop's bookkeeping (ids, masks, positions) in numpy: `logits(input_ids, attention_mask)`
 serves the loops that process scores on the host, `select(ids, mask, head)` the ones with a device head."""
@@ -196,7 +196,12 @@ def compile_seconds(model) -> float:
 
 
 class StaticDecoder:
-    """Compiled prefill (prompt left-padded to a bucket) then compiled one-token decode steps."""
+    """Prefill, then compiled one-token decode steps over a StaticCache.
+
+    In PyNative mode the prompt runs op by op into the cache (the fused kernels make that nearly as fast as a
+    compiled prefill), so only the decode step is compiled, as in gpt-fast: no graph per prompt-length bucket,
+    which cost a few seconds and ~200 MB of compiled graph each. Under a global GRAPH_MODE every forward is a
+    graph, so the prompt is left-padded to a bucket and the prefill compiled once per bucket."""
 
     def __init__(self, model, generation_config, batch: int, input_length: int, cache: Optional[StaticCache] = None):
         if rope_type_of(model.config) in HOST_UPDATED_ROPE:
@@ -206,7 +211,8 @@ class StaticDecoder:
             )
         self.model = model
         new_tokens = generation_config.max_length - input_length
-        self.bucket = prefill_bucket(input_length)
+        eager_prefill = ms.get_context("mode") == ms.PYNATIVE_MODE
+        self.bucket = input_length if eager_prefill else prefill_bucket(input_length)
         if cache is not None:
             if input_length + new_tokens > cache.max_cache_len:
                 raise ValueError(
@@ -225,6 +231,7 @@ class StaticDecoder:
         self.cache.seen_tokens = 0
         self.padding = self.bucket - input_length
         self.slot_mask = None
+        self.eager = DynamicDecoder(model, generation_config, self.cache, batch) if eager_prefill else None
 
     def _step(self, head) -> _CompiledStep:
         if self.user_cache is not None:
@@ -241,7 +248,12 @@ class StaticDecoder:
         step = self._step(head)
         mask = mask.astype(np.int32)
         seen = self.cache.seen_tokens
-        if seen == 0:  # prefill, left-padded to the bucket
+        if seen == 0 and self.eager is not None:
+            free = self.cache.max_cache_len - ids.shape[1]
+            self.slot_mask = ms.Tensor(np.concatenate([mask, np.ones((ids.shape[0], free), np.int32)], -1))
+            logits = self.eager.logits(ids, mask)
+            return (logits,) if head is None else _as_tuple(head(logits[:, -1, :], *(ms.Tensor(x) for x in head_inputs)))
+        if seen == 0:  # compiled prefill, left-padded to the bucket
             batch, pad = ids.shape[0], self.padding
             ids = np.concatenate([np.zeros((batch, pad), ids.dtype), ids], -1)
             mask = np.concatenate([np.zeros((batch, pad), np.int32), mask], -1)

@@ -38,8 +38,8 @@ def library() -> Optional[str]:
 
 # The custom-op primitives, created once the library is built: compiled graphs must find them as plain globals.
 RMS_NORM = ADD_RMS_NORM = LAYER_NORM = ADD_LAYER_NORM = None
-LINEAR = LINEAR_BIAS = GATED_LINEAR = GATED_LINEAR_PACKED = None
-CACHED_ATTENTION = CACHED_ATTENTION_PACKED = ROPE_QK = ATTENTION = None
+LINEAR = LINEAR_BIAS = QKV = QKV_BIAS = MLP = MLP_PACKED = None
+CACHED_ATTENTION = CACHED_ATTENTION_PACKED = ATTENTION_BLOCK = ROPE_QK = ATTENTION = None
 
 
 @functools.lru_cache(maxsize=None)
@@ -119,8 +119,20 @@ def _linear(x, weight, *rest):
     return (x[:-1] + weight[:1],)
 
 
-def _packed_gated(x, gate_up, *rest):
-    return (x[:-1] + (gate_up[0] // 2,),)
+def _qkv(x, wq, wk, wv, *rest):
+    return x[:-1] + wq[:1], x[:-1] + wk[:1], x[:-1] + wv[:1]
+
+
+def _mlp(x, gate, up, down, *rest):
+    return (x[:-1] + down[:1],)
+
+
+def _mlp_packed(x, gate_up, down, *rest):
+    return (x[:-1] + down[:1],)
+
+
+def _attention_block(x, wq, wk, wv, wo, *rest):
+    return (x[:-1] + wo[:1],)
 
 
 def _packed_attention(qkv, k, v, cos, sin, q_norm, k_norm, k_cache, *rest):
@@ -137,19 +149,24 @@ def _create_primitives() -> None:
     RMS_NORM (x, weight, cfg[eps, unit_offset]) -> y; ADD_RMS_NORM (x, residual, weight, cfg) -> (x + residual, y);
     LAYER_NORM (x, weight, bias, eps[1]) -> y; ADD_LAYER_NORM (x, residual, weight, bias, eps[1]) -> (sum, y);
     LINEAR (x, w) / LINEAR_BIAS (x, w, b) -> x @ w^T (+ b);
-    GATED_LINEAR (x, gate, up, act[1]) / GATED_LINEAR_PACKED (x, gate_up, act[1]) -> act(x @ gate^T) * (x @ up^T);
+    QKV (x, wq, wk, wv) / QKV_BIAS (x, wq, wk, wv, bq, bk, bv) -> (q, k, v): three projections in one pass;
+    MLP (x, gate, up, down, act[1]) / MLP_PACKED (x, gate_up, down, act[1]) -> down(act(x @ gate^T) * (x @ up^T));
     CACHED_ATTENTION(_PACKED) (q, k, v, cos, sin, q_norm_w, k_norm_w, k_cache, v_cache, cache_position, mask, cfg)
         -> [B, S, H * D], writing the new keys and values into the caches in place;
+    ATTENTION_BLOCK (x, wq, wk, wv, wo, bq, bk, bv, bo, cos, sin, q_norm_w, k_norm_w, k_cache, v_cache,
+        cache_position, mask, cfg) -> o_proj(attention(x)): projections, cached attention and output projection;
     ROPE_QK (q, k, cos, sin, q_norm_w, k_norm_w, cfg) -> (q, k) normed and rotated, same shapes;
     ATTENTION (q [B, S, H * D], k [B, KV, L, D], v [B, KV, L, D], mask [1 or B, 1, S, L], cfg) -> [B, S, H * D]."""
-    global RMS_NORM, ADD_RMS_NORM, LAYER_NORM, ADD_LAYER_NORM, LINEAR, LINEAR_BIAS, GATED_LINEAR
-    global GATED_LINEAR_PACKED, CACHED_ATTENTION, CACHED_ATTENTION_PACKED, ROPE_QK, ATTENTION
+    global RMS_NORM, ADD_RMS_NORM, LAYER_NORM, ADD_LAYER_NORM, LINEAR, LINEAR_BIAS, QKV, QKV_BIAS, MLP, MLP_PACKED
+    global CACHED_ATTENTION, CACHED_ATTENTION_PACKED, ATTENTION_BLOCK, ROPE_QK, ATTENTION
     RMS_NORM, ADD_RMS_NORM = Kernel("RmsNorm", _same), Kernel("AddRmsNorm", _pair, outputs=2)
     LAYER_NORM, ADD_LAYER_NORM = Kernel("LayerNorm", _same), Kernel("AddLayerNorm", _pair, outputs=2)
     LINEAR, LINEAR_BIAS = Kernel("Linear", _linear), Kernel("LinearBias", _linear)
-    GATED_LINEAR, GATED_LINEAR_PACKED = Kernel("GatedLinear", _linear), Kernel("GatedLinearPacked", _packed_gated)
+    QKV, QKV_BIAS = Kernel("Qkv", _qkv, outputs=3), Kernel("QkvBias", _qkv, outputs=3)
+    MLP, MLP_PACKED = Kernel("Mlp", _mlp), Kernel("MlpPacked", _mlp_packed)
     CACHED_ATTENTION = Kernel("CachedAttention", _same, writes_inputs=True)
     CACHED_ATTENTION_PACKED = Kernel("CachedAttentionPacked", _packed_attention, writes_inputs=True)
+    ATTENTION_BLOCK = Kernel("AttentionBlock", _attention_block, writes_inputs=True)
     ROPE_QK = Kernel("RopeQk", _rope, outputs=2)
     ATTENTION = Kernel("Attention", _same)
 

@@ -13,7 +13,7 @@
 #include <limits>
 #include <vector>
 
-#include "common.h"
+#include "matmul.h"
 
 namespace mk {
 namespace {
@@ -235,14 +235,12 @@ void write_keys_values(const Projections<T> &p, const HeadPrep<T> &kprep, int64_
       }
 }
 
-template <class T> int run_cached(void **params, int *ndims, int64_t **shapes, const char **dtypes) {
-  Arg q = MK_ARG(0), k = MK_ARG(1), v = MK_ARG(2), cos = MK_ARG(3), sin = MK_ARG(4), qn = MK_ARG(5), kn = MK_ARG(6);
-  Arg kc = MK_ARG(7), vc = MK_ARG(8), pos = MK_ARG(9), mask = MK_ARG(10);
-  Config c = config_of(MK_ARG(11));
-  Arg out = MK_ARG(12);
-  const int64_t B = q.dim(0), S = q.dim(1), KV = kc.dim(1), L = kc.dim(2), D = kc.dim(3);
-  if (KV != c.kv_heads || c.heads % KV != 0 || pos.numel() != S || mask.dim(-1) != L) return kBadShape;
-  Projections<T> p{q.as<T>(), k.as<T>(), v.as<T>(), S, D, c.heads, KV, c.packed};
+// Keys and values of the projections into the caches at `slots`, then attention of the queries over the caches.
+template <class T>
+int cached_attention(const Projections<T> &p, int64_t B, const Arg &cos, const Arg &sin, const Arg &qn, const Arg &kn,
+                     const Arg &kc, const Arg &vc, const Arg &pos, const Arg &mask, const Config &c, T *out) {
+  const int64_t S = p.S, KV = kc.dim(1), L = kc.dim(2), D = kc.dim(3);
+  if (KV != c.kv_heads || D != p.D || c.heads % KV != 0 || pos.numel() != S || mask.dim(-1) != L) return kBadShape;
   HeadPrep<T> qprep = head_prep<T>(cos, sin, qn, S, D, c), kprep = head_prep<T>(cos, sin, kn, S, D, c);
   const int32_t *slots = pos.as<int32_t>();
   for (int64_t s = 0; s < S; s++)
@@ -250,7 +248,50 @@ template <class T> int run_cached(void **params, int *ndims, int64_t **shapes, c
   write_keys_values(p, kprep, B, L, kc.as<T>(), vc.as<T>(), [slots](int64_t s) { return slots[s]; });
   std::vector<float> queries = prepare_queries(p, qprep, B);
   int64_t mask_stride = mask.dim(0) == 1 ? 0 : S * L;
-  Attend<T>{queries.data(), kc.as<T>(), vc.as<T>(), mask.as<T>(), mask_stride, out.as<T>(), B, S, c.heads, KV, L, D, c}.run();
+  Attend<T>{queries.data(), kc.as<T>(), vc.as<T>(), mask.as<T>(), mask_stride, out, B, S, c.heads, KV, L, D, c}.run();
+  return kOk;
+}
+
+template <class T> int run_cached(void **params, int *ndims, int64_t **shapes, const char **dtypes) {
+  Arg q = MK_ARG(0), k = MK_ARG(1), v = MK_ARG(2);
+  Config c = config_of(MK_ARG(11));
+  Projections<T> p{q.as<T>(), k.as<T>(), v.as<T>(), q.dim(1), MK_ARG(7).dim(3), c.heads, c.kv_heads, c.packed};
+  return cached_attention(p, q.dim(0), MK_ARG(3), MK_ARG(4), MK_ARG(5), MK_ARG(6), MK_ARG(7), MK_ARG(8), MK_ARG(9),
+                          MK_ARG(10), c, MK_ARG(12).as<T>());
+}
+
+// A bias input is a real bias when it has one value per output, a 1-element placeholder otherwise.
+template <class T> const T *bias_or_null(const Arg &bias, int64_t outputs) {
+  return bias.numel() == outputs ? bias.as<T>() : nullptr;
+}
+
+// The whole attention of decoding rows: q, k, v projections, the cached attention, the output projection.
+template <class T> int run_block(void **params, int *ndims, int64_t **shapes, const char **dtypes) {
+  Arg x = MK_ARG(0), wq = MK_ARG(1), wk = MK_ARG(2), wv = MK_ARG(3), wo = MK_ARG(4), kc = MK_ARG(13);
+  Config c = config_of(MK_ARG(17));
+  const int64_t B = x.dim(0), S = x.dim(1), K = x.dim(2), M = B * S, D = kc.dim(3);
+  const int64_t q_size = c.heads * D, kv_size = c.kv_heads * D;
+  if (wo.dim(1) != q_size) return kBadShape;
+  FloatRows<T> rows(x.as<T>(), x.numel());
+  std::vector<T> q(M * (c.packed ? q_size + 2 * kv_size : q_size)), k(c.packed ? 0 : M * kv_size), v(k.size());
+  if (c.packed) {  // Phi-3's qkv_proj: one weight, one projection, sliced by Projections
+    const int64_t n = q_size + 2 * kv_size;
+    run_product(Product<T>{rows.data, wq.as<T>(), nullptr, bias_or_null<T>(MK_ARG(5), n), q.data(), M, n, K, -1});
+  } else {
+    Product<T> products[3] = {
+        {rows.data, wq.as<T>(), nullptr, bias_or_null<T>(MK_ARG(5), q_size), q.data(), M, q_size, K, -1},
+        {rows.data, wk.as<T>(), nullptr, bias_or_null<T>(MK_ARG(6), kv_size), k.data(), M, kv_size, K, -1},
+        {rows.data, wv.as<T>(), nullptr, bias_or_null<T>(MK_ARG(7), kv_size), v.data(), M, kv_size, K, -1}};
+    run_products(products, 3);
+  }
+  Projections<T> p{q.data(), k.data(), v.data(), S, D, c.heads, c.kv_heads, c.packed};
+  std::vector<T> attended(M * q_size);
+  int status = cached_attention(p, B, MK_ARG(9), MK_ARG(10), MK_ARG(11), MK_ARG(12), kc, MK_ARG(14), MK_ARG(15),
+                                MK_ARG(16), c, attended.data());
+  if (status != kOk) return status;
+  FloatRows<T> attended_rows(attended.data(), attended.size());
+  run_product(Product<T>{attended_rows.data, wo.as<T>(), nullptr, bias_or_null<T>(MK_ARG(8), wo.dim(0)),
+                         MK_ARG(18).as<T>(), M, wo.dim(0), q_size, -1});
   return kOk;
 }
 
@@ -315,6 +356,15 @@ MK_KERNEL RopeQk(MK_ARGS) {
 MK_KERNEL Attention(MK_ARGS) {
   if (nparam != 6) return kBadArity;
   MK_DISPATCH(dtypes[0], run_attention, (params, ndims, shapes, dtypes));
+}
+
+// AttentionBlock(x [B, S, K], wq, wk, wv, wo, bq, bk, bv, bo, cos, sin, q_norm_w, k_norm_w, k_cache, v_cache,
+//                cache_position, mask, cfg) -> o_proj(attention) [B, S, wo rows]: projections, cached attention and the
+// output projection in one op. Biases are 1-element placeholders where a layer has none; with cfg's packed flag
+// wq holds q, k and v (wk, wv unused).
+MK_KERNEL AttentionBlock(MK_ARGS) {
+  if (nparam != 19) return kBadArity;
+  MK_DISPATCH(dtypes[0], run_block, (params, ndims, shapes, dtypes));
 }
 
 // CachedAttentionPacked: the same with q, k and v stacked in input 0 (inputs 1 and 2 unused); a separate entry

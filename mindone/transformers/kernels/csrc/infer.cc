@@ -44,13 +44,6 @@ MK_INFER Shape LinearInferShape(int *ndims, int64_t **shapes, AotExtra *) {
 MK_INFER Shape LinearBiasInferShape(int *ndims, int64_t **shapes, AotExtra *) {
   return with_last(shape_of(ndims, shapes, 0), shapes[1][0]);
 }
-MK_INFER Shape GatedLinearInferShape(int *ndims, int64_t **shapes, AotExtra *) {
-  return with_last(shape_of(ndims, shapes, 0), shapes[1][0]);
-}
-// gate_up [2N, K]
-MK_INFER Shape GatedLinearPackedInferShape(int *ndims, int64_t **shapes, AotExtra *) {
-  return with_last(shape_of(ndims, shapes, 0), shapes[1][0] / 2);
-}
 // q [B, S, H * D] -> the same
 MK_INFER Shape CachedAttentionInferShape(int *ndims, int64_t **shapes, AotExtra *) {
   return shape_of(ndims, shapes, 0);
@@ -58,6 +51,25 @@ MK_INFER Shape CachedAttentionInferShape(int *ndims, int64_t **shapes, AotExtra 
 // packed [B, S, (H + 2 KV) * D] with the key cache (input 7) [B, KV, L, D] -> [B, S, H * D]
 MK_INFER Shape CachedAttentionPackedInferShape(int *ndims, int64_t **shapes, AotExtra *) {
   return with_last(shape_of(ndims, shapes, 0), shapes[0][2] - 2 * shapes[7][1] * shapes[7][3]);
+}
+// q, k, v: x [..., K] against each weight
+MK_INFER Shapes QkvInferShape(int *ndims, int64_t **shapes, AotExtra *) {
+  Shape x = shape_of(ndims, shapes, 0);
+  return Shapes{with_last(x, shapes[1][0]), with_last(x, shapes[2][0]), with_last(x, shapes[3][0])};
+}
+MK_INFER Shapes QkvBiasInferShape(int *ndims, int64_t **shapes, AotExtra *extra) {
+  return QkvInferShape(ndims, shapes, extra);
+}
+// down [K2, I] is input 3 (input 2 when gate and up are packed)
+MK_INFER Shape MlpInferShape(int *ndims, int64_t **shapes, AotExtra *) {
+  return with_last(shape_of(ndims, shapes, 0), shapes[3][0]);
+}
+MK_INFER Shape MlpPackedInferShape(int *ndims, int64_t **shapes, AotExtra *) {
+  return with_last(shape_of(ndims, shapes, 0), shapes[2][0]);
+}
+// x [B, S, K] and wo (input 4) [hidden, H * D] -> [B, S, hidden]
+MK_INFER Shape AttentionBlockInferShape(int *ndims, int64_t **shapes, AotExtra *) {
+  return with_last(shape_of(ndims, shapes, 0), shapes[4][0]);
 }
 MK_INFER Shapes RopeQkInferShape(int *ndims, int64_t **shapes, AotExtra *) {
   return Shapes{shape_of(ndims, shapes, 0), shape_of(ndims, shapes, 1)};
@@ -71,9 +83,12 @@ MK_SAME_TYPES(AddRmsNorm, 2)
 MK_SAME_TYPES(AddLayerNorm, 2)
 MK_SAME_TYPE(Linear)
 MK_SAME_TYPE(LinearBias)
-MK_SAME_TYPE(GatedLinear)
-MK_SAME_TYPE(GatedLinearPacked)
 MK_SAME_TYPE(CachedAttention)
 MK_SAME_TYPE(CachedAttentionPacked)
 MK_SAME_TYPES(RopeQk, 2)
+MK_SAME_TYPES(Qkv, 3)
+MK_SAME_TYPES(QkvBias, 3)
+MK_SAME_TYPE(Mlp)
+MK_SAME_TYPE(MlpPacked)
 MK_SAME_TYPE(Attention)
+MK_SAME_TYPE(AttentionBlock)

@@ -1,138 +1,11 @@
-// Matrix products for the few-row activations of decoding: y = x @ w^T with w in Hugging Face's (out, in)
-// layout, optionally with a bias, and the gated MLP's act(x @ gate^T) * (x @ up^T) in one pass over x.
-//
-// Each output is a dot product over K, so every weight row is streamed once per call whatever the number of x
-// rows: tiles of MR x rows by NR weight rows keep MR * NR vector accumulators in registers. Weight rows are
-// split across the pool's threads, which is what makes batch-1 decoding use the memory bandwidth of both cores.
-#include "common.h"
+// Linear layers for decoding rows (matmul.h): one projection, q, k and v in one pass over x, and the whole
+// gated MLP, down(act(x @ gate^T) * (x @ up^T)).
+#include <vector>
+
+#include "matmul.h"
 
 namespace mk {
 namespace {
-
-enum Activation { kSilu = 0, kGeluTanh = 1, kGeluErf = 2, kRelu = 3 };
-
-inline float activate(float g, int act) {
-  switch (act) {
-    case kSilu: return g / (1.0f + std::exp(-g));
-    case kGeluTanh: return 0.5f * g * (1.0f + std::tanh(0.7978845608028654f * (g + 0.044715f * g * g * g)));
-    case kGeluErf: return 0.5f * g * (1.0f + std::erf(g * 0.7071067811865476f));
-    default: return g > 0.0f ? g : 0.0f;
-  }
-}
-
-constexpr int64_t kPrefetch = 256;  // floats ahead in each weight row
-
-// out[i][j] = dot(x row i, w row j) for MR rows of x (stride K) and NR weight rows.
-template <int MR, int NR, class TW>
-inline void dot_tile(const float *x, const TW *const *w, int64_t K, float (&out)[MR][NR]) {
-  vf acc[MR][NR];
-  for (int i = 0; i < MR; i++)
-    for (int j = 0; j < NR; j++) acc[i][j] = vf{};
-  int64_t k = 0;
-  for (; k + kLanes <= K; k += kLanes) {
-    vf wv[NR];
-    for (int j = 0; j < NR; j++) {
-      wv[j] = loadv(w[j] + k);
-      __builtin_prefetch(w[j] + k + kPrefetch);
-    }
-    for (int i = 0; i < MR; i++) {
-      vf xv = loadv(x + i * K + k);
-      for (int j = 0; j < NR; j++) acc[i][j] += xv * wv[j];
-    }
-  }
-  if (k < K) {
-    vf wv[NR];
-    for (int j = 0; j < NR; j++) wv[j] = loadn(w[j] + k, K - k);
-    for (int i = 0; i < MR; i++) {
-      vf xv = loadn(x + i * K + k, K - k);
-      for (int j = 0; j < NR; j++) acc[i][j] += xv * wv[j];
-    }
-  }
-  for (int i = 0; i < MR; i++)
-    for (int j = 0; j < NR; j++) out[i][j] = hsum(acc[i][j]);
-}
-
-// One product: plain (y = x w^T + bias) or gated (y = act(x gate^T) * (x up^T)).
-template <class T> struct Product {
-  const float *x;  // [M, K] in float32
-  const T *w;      // plain: [N, K]; gated: the gate rows
-  const T *up;     // gated only
-  const T *bias;   // plain only, may be null
-  T *y;            // [M, N]
-  int64_t M, N, K;
-  int act;         // gated only; -1 for a plain product
-};
-
-// Output columns [n0, n0 + NR / rows_per_out) for x rows [m0, m0 + MR).
-template <int MR, int NR, class T> inline void tile(const Product<T> &p, int64_t m0, int64_t n0) {
-  const bool gated = p.act >= 0;
-  const T *rows[NR];
-  for (int j = 0; j < NR; j++) {
-    int64_t n = gated ? n0 + j / 2 : n0 + j;
-    rows[j] = gated ? (j % 2 == 0 ? p.w : p.up) + n * p.K : p.w + n * p.K;
-  }
-  float out[MR][NR];
-  dot_tile<MR, NR>(p.x + m0 * p.K, rows, p.K, out);
-  for (int i = 0; i < MR; i++) {
-    T *y = p.y + (m0 + i) * p.N;
-    if (gated) {
-      for (int j = 0; j < NR; j += 2) y[n0 + j / 2] = static_cast<T>(activate(out[i][j], p.act) * out[i][j + 1]);
-    } else {
-      for (int j = 0; j < NR; j++) {
-        float bias = p.bias != nullptr ? to_float(p.bias[n0 + j]) : 0.0f;
-        y[n0 + j] = static_cast<T>(out[i][j] + bias);
-      }
-    }
-  }
-}
-
-// All x rows against output columns [n0, n1), in tiles of NR weight rows (the last ones one at a time).
-template <int MR, int NR, class T> void columns(const Product<T> &p, int64_t n0, int64_t n1) {
-  const int per_out = p.act >= 0 ? 2 : 1;
-  constexpr int kSingle = 1;
-  int64_t n = n0;
-  for (; n + NR / per_out <= n1; n += NR / per_out) {
-    int64_t m = 0;
-    for (; m + MR <= p.M; m += MR) tile<MR, NR>(p, m, n);
-    for (; m < p.M; m++) tile<1, NR>(p, m, n);
-  }
-  for (; n < n1; n++)
-    for (int64_t m = 0; m < p.M; m++) {
-      if (per_out == 2) tile<1, 2>(p, m, n);
-      else tile<1, kSingle>(p, m, n);
-    }
-}
-
-template <class T> void run_product(const Product<T> &p) {
-  // Few x rows: many weight rows per tile (more streams in flight); more rows: a square-ish 4 x 4 tile.
-  const int64_t tile_outputs = p.M == 1 ? 8 : 4;
-  const int64_t per_out = p.act >= 0 ? 2 : 1;
-  const int64_t outputs_per_tile = tile_outputs / per_out;
-  const int64_t tiles = (p.N + outputs_per_tile - 1) / outputs_per_tile;
-  const int64_t grain = 1 + 32768 / (tile_outputs * p.K * (p.M < 4 ? p.M : 4));
-  parallel_for(tiles, grain, [&](int64_t begin, int64_t end) {
-    int64_t n0 = begin * outputs_per_tile, n1 = end * outputs_per_tile < p.N ? end * outputs_per_tile : p.N;
-    if (p.M == 1) columns<1, 8>(p, n0, n1);
-    else if (p.M == 2) columns<2, 4>(p, n0, n1);
-    else if (p.M == 3) columns<3, 4>(p, n0, n1);
-    else columns<4, 4>(p, n0, n1);
-  });
-}
-
-// x in float32: used as is, or converted once into a scratch buffer.
-template <class T> struct FloatRows {
-  std::unique_ptr<float[]> scratch;
-  const float *data;
-  FloatRows(const T *x, int64_t n) {
-    if constexpr (std::is_same_v<T, float>) {
-      data = x;
-    } else {
-      scratch.reset(new float[n]);
-      for (int64_t i = 0; i < n; i++) scratch[i] = to_float(x[i]);
-      data = scratch.get();
-    }
-  }
-};
 
 template <class T> int run_linear(void **params, int *ndims, int64_t **shapes, const char **dtypes, bool has_bias) {
   Arg x = MK_ARG(0), w = MK_ARG(1);
@@ -144,16 +17,37 @@ template <class T> int run_linear(void **params, int *ndims, int64_t **shapes, c
   return kOk;
 }
 
-template <class T> int run_gated(void **params, int *ndims, int64_t **shapes, const char **dtypes, bool packed) {
+// q, k and v projections of the same rows in one pass: (x, wq, wk, wv[, bq, bk, bv]) -> (q, k, v)
+template <class T> int run_qkv(void **params, int *ndims, int64_t **shapes, const char **dtypes, bool has_bias) {
+  Arg x = MK_ARG(0);
+  const int64_t K = x.dim(-1), M = x.numel() / K, outputs = has_bias ? 7 : 4;
+  FloatRows<T> rows(x.as<T>(), x.numel());
+  Product<T> products[3];
+  for (int i = 0; i < 3; i++) {
+    Arg w = MK_ARG(1 + i), y = MK_ARG(outputs + i);
+    const T *bias = has_bias ? MK_ARG(4 + i).as<T>() : nullptr;
+    products[i] = Product<T>{rows.data, w.as<T>(), nullptr, bias, y.as<T>(), M, w.dim(0), K, -1};
+  }
+  run_products(products, 3);
+  return kOk;
+}
+
+// The whole gated MLP: down(act(x gate^T) * (x up^T)); the hidden rows stay in a scratch buffer, rounded to T
+// as the composed ops round them.
+template <class T> int run_mlp(void **params, int *ndims, int64_t **shapes, const char **dtypes, bool packed) {
   Arg x = MK_ARG(0), gate = MK_ARG(1);
   int i = 2;
   const T *up = packed ? nullptr : MK_ARG(i++).as<T>();
+  Arg down = MK_ARG(i++);
   int act = static_cast<int>(MK_ARG(i++).as<float>()[0]);
   Arg y = MK_ARG(i);
-  int64_t K = x.dim(-1), N = y.dim(-1);
-  if (packed) up = gate.as<T>() + N * K;  // Phi-3's gate_up_proj: gate rows, then up rows
+  const int64_t K = x.dim(-1), M = x.numel() / K, I = down.dim(1);
+  if (packed) up = gate.as<T>() + I * K;
+  std::vector<T> hidden(M * I);
   FloatRows<T> rows(x.as<T>(), x.numel());
-  run_product(Product<T>{rows.data, gate.as<T>(), up, nullptr, y.as<T>(), x.numel() / K, N, K, act});
+  run_product(Product<T>{rows.data, gate.as<T>(), up, nullptr, hidden.data(), M, I, K, act});
+  FloatRows<T> hidden_rows(hidden.data(), M * I);
+  run_product(Product<T>{hidden_rows.data, down.as<T>(), nullptr, nullptr, y.as<T>(), M, down.dim(0), I, -1});
   return kOk;
 }
 
@@ -174,14 +68,26 @@ MK_KERNEL LinearBias(MK_ARGS) {
   MK_DISPATCH(dtypes[0], run_linear, (params, ndims, shapes, dtypes, true));
 }
 
-// GatedLinear(x[..., K], gate[N, K], up[N, K], act[1]) -> act(x @ gate^T) * (x @ up^T)
-MK_KERNEL GatedLinear(MK_ARGS) {
-  if (nparam != 5) return kBadArity;
-  MK_DISPATCH(dtypes[0], run_gated, (params, ndims, shapes, dtypes, false));
+// Qkv(x[..., K], wq[Nq, K], wk[Nk, K], wv[Nv, K]) -> (x @ wq^T, x @ wk^T, x @ wv^T)
+MK_KERNEL Qkv(MK_ARGS) {
+  if (nparam != 7) return kBadArity;
+  MK_DISPATCH(dtypes[0], run_qkv, (params, ndims, shapes, dtypes, false));
 }
 
-// GatedLinearPacked(x[..., K], gate_up[2N, K], act[1]) -> the same with gate and up stacked in one weight
-MK_KERNEL GatedLinearPacked(MK_ARGS) {
-  if (nparam != 4) return kBadArity;
-  MK_DISPATCH(dtypes[0], run_gated, (params, ndims, shapes, dtypes, true));
+// QkvBias(x, wq, wk, wv, bq, bk, bv) -> (x @ wq^T + bq, x @ wk^T + bk, x @ wv^T + bv)
+MK_KERNEL QkvBias(MK_ARGS) {
+  if (nparam != 10) return kBadArity;
+  MK_DISPATCH(dtypes[0], run_qkv, (params, ndims, shapes, dtypes, true));
+}
+
+// Mlp(x[..., K], gate[I, K], up[I, K], down[K2, I], act[1]) -> down(act(x @ gate^T) * (x @ up^T))
+MK_KERNEL Mlp(MK_ARGS) {
+  if (nparam != 6) return kBadArity;
+  MK_DISPATCH(dtypes[0], run_mlp, (params, ndims, shapes, dtypes, false));
+}
+
+// MlpPacked(x, gate_up[2I, K], down[K2, I], act[1]) -> the same with gate and up stacked in one weight
+MK_KERNEL MlpPacked(MK_ARGS) {
+  if (nparam != 5) return kBadArity;
+  MK_DISPATCH(dtypes[0], run_mlp, (params, ndims, shapes, dtypes, true));
 }

@@ -15,11 +15,12 @@ class SandwichNormDecoderLayer(DecoderLayer):
         self.pre_feedforward_layernorm = self.norm(config, options)
         self.post_feedforward_layernorm = self.norm(config, options)
 
-    def construct(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, cache_position=None):
-        normed = self.input_layernorm(hidden_states)
+    def construct(self, hidden_states, residual, position_embeddings, attention_mask=None, past_key_values=None,
+                  cache_position=None):  # fmt: skip
+        residual, normed = self.norm_input(hidden_states, residual)
         attended = self.self_attn(normed, position_embeddings, attention_mask, past_key_values, cache_position)
-        hidden_states, normed = self.pre_feedforward_layernorm.add_and_norm(self.post_attention_layernorm(attended), hidden_states)
-        return hidden_states + self.post_feedforward_layernorm(self.mlp(normed))
+        residual, normed = self.pre_feedforward_layernorm.add_and_norm(self.post_attention_layernorm(attended), residual)
+        return self.post_feedforward_layernorm(self.mlp(normed)), residual
 
 
 Gemma2DecoderLayer, Gemma2PreTrainedModel, Gemma2Model, Gemma2ForCausalLM = decoder_architecture(

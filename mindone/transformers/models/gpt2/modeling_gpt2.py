@@ -12,7 +12,7 @@ from transformers import GPT2Config
 
 from ... import backend, composed
 from ...layers import Conv1D, Embedding, LayerNorm, get_activation
-from ...modeling_decoder import DecoderForCausalLM, DecoderPreTrainedModel
+from ...modeling_decoder import DecoderForCausalLM, DecoderPreTrainedModel, final_norm, layer_input
 
 
 class GPT2Attention(nn.Cell):
@@ -79,10 +79,15 @@ class GPT2Block(nn.Cell):
         self.ln_2 = LayerNorm(config.hidden_size, config.layer_norm_epsilon)
         self.mlp = GPT2MLP(inner_dim, config)
 
-    def construct(self, hidden_states, attention_mask=None, past_key_values=None, cache_position=None):
-        attended = self.attn(self.ln_1(hidden_states), attention_mask, past_key_values, cache_position)
-        hidden_states, normed = self.ln_2.add_and_norm(attended, hidden_states)
-        return hidden_states + self.mlp(normed)
+    def construct(self, hidden_states, residual, attention_mask=None, past_key_values=None, cache_position=None):
+        """(the MLP's output, the residual stream before it), as the shared decoder's layers return them."""
+        if residual is None:
+            residual, normed = hidden_states, self.ln_1(hidden_states)
+        else:
+            residual, normed = self.ln_1.add_and_norm(hidden_states, residual)
+        attended = self.attn(normed, attention_mask, past_key_values, cache_position)
+        residual, normed = self.ln_2.add_and_norm(attended, residual)
+        return self.mlp(normed), residual
 
 
 class GPT2PreTrainedModel(DecoderPreTrainedModel):
@@ -116,11 +121,13 @@ class GPT2Model(GPT2PreTrainedModel):
         )
         seq_length, dtype = inputs_embeds.shape[1], inputs_embeds.dtype
         mask = self._mask(attention_mask, past_key_values, cache_position, seq_length, past_length, dtype, None)
-        hidden_states, all_hidden_states = inputs_embeds + self.wpe(position_ids), ()
+        hidden_states, residual, all_hidden_states = inputs_embeds + self.wpe(position_ids), None, ()
         for block in self.h:
-            all_hidden_states += (hidden_states,)
-            hidden_states = block(hidden_states, mask, cache, cache_position)
-        return self._output(self.ln_f(hidden_states), cache, all_hidden_states, output_hidden_states, return_dict)
+            if output_hidden_states:
+                all_hidden_states += (layer_input(hidden_states, residual),)
+            hidden_states, residual = block(hidden_states, residual, mask, cache, cache_position)
+        normed = final_norm(self.ln_f, hidden_states, residual)
+        return self._output(normed, cache, all_hidden_states, output_hidden_states, return_dict)
 
 
 class GPT2LMHeadModel(GPT2PreTrainedModel, DecoderForCausalLM):

@@ -1,0 +1,161 @@
+// Matrix products for the few-row activations of decoding, shared by the linear and attention kernels:
+// y = x @ w^T with w in Hugging Face's (out, in) layout, optionally with a bias, or gated,
+// y = act(x @ gate^T) * (x @ up^T), with gate and up computed in one pass.
+//
+// Each output is a dot product over K, so every weight row is streamed once per call whatever the number of x
+// rows: tiles of MR x rows by NR weight rows keep MR * NR vector accumulators in registers. Weight rows are
+// split across the pool's threads, which is what makes batch-1 decoding use the memory bandwidth of both cores.
+#pragma once
+
+#include <memory>
+#include <type_traits>
+
+#include "common.h"
+
+namespace mk {
+
+enum Activation { kSilu = 0, kGeluTanh = 1, kGeluErf = 2, kRelu = 3 };
+
+inline float activate(float g, int act) {
+  switch (act) {
+    case kSilu: return g / (1.0f + std::exp(-g));
+    case kGeluTanh: return 0.5f * g * (1.0f + std::tanh(0.7978845608028654f * (g + 0.044715f * g * g * g)));
+    case kGeluErf: return 0.5f * g * (1.0f + std::erf(g * 0.7071067811865476f));
+    default: return g > 0.0f ? g : 0.0f;
+  }
+}
+
+constexpr int64_t kPrefetch = 256;  // floats ahead in each weight row
+
+// out[i][j] = dot(x row i, w row j) for MR rows of x (stride K) and NR weight rows.
+template <int MR, int NR, class TW>
+inline void dot_tile(const float *x, const TW *const *w, int64_t K, float (&out)[MR][NR]) {
+  vf acc[MR][NR];
+  for (int i = 0; i < MR; i++)
+    for (int j = 0; j < NR; j++) acc[i][j] = vf{};
+  int64_t k = 0;
+  for (; k + kLanes <= K; k += kLanes) {
+    vf wv[NR];
+    for (int j = 0; j < NR; j++) {
+      wv[j] = loadv(w[j] + k);
+      __builtin_prefetch(w[j] + k + kPrefetch);
+    }
+    for (int i = 0; i < MR; i++) {
+      vf xv = loadv(x + i * K + k);
+      for (int j = 0; j < NR; j++) acc[i][j] += xv * wv[j];
+    }
+  }
+  if (k < K) {
+    vf wv[NR];
+    for (int j = 0; j < NR; j++) wv[j] = loadn(w[j] + k, K - k);
+    for (int i = 0; i < MR; i++) {
+      vf xv = loadn(x + i * K + k, K - k);
+      for (int j = 0; j < NR; j++) acc[i][j] += xv * wv[j];
+    }
+  }
+  for (int i = 0; i < MR; i++)
+    for (int j = 0; j < NR; j++) out[i][j] = hsum(acc[i][j]);
+}
+
+// One product: plain (y = x w^T + bias) or gated (y = act(x gate^T) * (x up^T)).
+template <class T> struct Product {
+  const float *x;  // [M, K] in float32
+  const T *w;      // plain: [N, K]; gated: the gate rows
+  const T *up;     // gated only
+  const T *bias;   // plain only, may be null
+  T *y;            // [M, N]
+  int64_t M, N, K;
+  int act;         // gated only; -1 for a plain product
+};
+
+// Output columns [n0, n0 + NR / rows_per_out) for x rows [m0, m0 + MR).
+template <int MR, int NR, class T> inline void tile(const Product<T> &p, int64_t m0, int64_t n0) {
+  const bool gated = p.act >= 0;
+  const T *rows[NR];
+  for (int j = 0; j < NR; j++) {
+    int64_t n = gated ? n0 + j / 2 : n0 + j;
+    rows[j] = gated ? (j % 2 == 0 ? p.w : p.up) + n * p.K : p.w + n * p.K;
+  }
+  float out[MR][NR];
+  dot_tile<MR, NR>(p.x + m0 * p.K, rows, p.K, out);
+  for (int i = 0; i < MR; i++) {
+    T *y = p.y + (m0 + i) * p.N;
+    if (gated) {
+      for (int j = 0; j < NR; j += 2) y[n0 + j / 2] = static_cast<T>(activate(out[i][j], p.act) * out[i][j + 1]);
+    } else {
+      for (int j = 0; j < NR; j++) {
+        float bias = p.bias != nullptr ? to_float(p.bias[n0 + j]) : 0.0f;
+        y[n0 + j] = static_cast<T>(out[i][j] + bias);
+      }
+    }
+  }
+}
+
+// All x rows against output columns [n0, n1), in tiles of NR weight rows (the last ones one at a time).
+template <int MR, int NR, class T> void columns(const Product<T> &p, int64_t n0, int64_t n1) {
+  const int per_out = p.act >= 0 ? 2 : 1;
+  constexpr int kSingle = 1;
+  int64_t n = n0;
+  for (; n + NR / per_out <= n1; n += NR / per_out) {
+    int64_t m = 0;
+    for (; m + MR <= p.M; m += MR) tile<MR, NR>(p, m, n);
+    for (; m < p.M; m++) tile<1, NR>(p, m, n);
+  }
+  for (; n < n1; n++)
+    for (int64_t m = 0; m < p.M; m++) {
+      if (per_out == 2) tile<1, 2>(p, m, n);
+      else tile<1, kSingle>(p, m, n);
+    }
+}
+
+// Few x rows: many weight rows per tile (more streams in flight); more rows: a square-ish 4 x 4 tile.
+inline int64_t tile_rows(int64_t M) { return M == 1 ? 8 : 4; }
+
+template <class T> int64_t outputs_per_tile(const Product<T> &p) { return tile_rows(p.M) / (p.act >= 0 ? 2 : 1); }
+
+template <class T> void columns_of(const Product<T> &p, int64_t n0, int64_t n1) {
+  if (p.M == 1) columns<1, 8>(p, n0, n1);
+  else if (p.M == 2) columns<2, 4>(p, n0, n1);
+  else if (p.M == 3) columns<3, 4>(p, n0, n1);
+  else columns<4, 4>(p, n0, n1);
+}
+
+// Products of the same x rows (q, k and v; or one alone) as one parallel loop over all their tiles.
+template <class T> void run_products(const Product<T> *products, int count) {
+  int64_t first_tile[4] = {0}, tiles = 0;
+  for (int i = 0; i < count; i++) {
+    first_tile[i] = tiles;
+    tiles += (products[i].N + outputs_per_tile(products[i]) - 1) / outputs_per_tile(products[i]);
+  }
+  const Product<T> &p0 = products[0];
+  const int64_t grain = 1 + 32768 / (tile_rows(p0.M) * p0.K * (p0.M < 4 ? p0.M : 4));
+  parallel_for(tiles, grain, [&](int64_t begin, int64_t end) {
+    for (int i = 0; i < count; i++) {
+      const Product<T> &p = products[i];
+      int64_t last_tile = i + 1 < count ? first_tile[i + 1] : tiles;
+      int64_t b = begin > first_tile[i] ? begin : first_tile[i], e = end < last_tile ? end : last_tile;
+      if (b >= e) continue;
+      int64_t step = outputs_per_tile(p), n1 = (e - first_tile[i]) * step;
+      columns_of(p, (b - first_tile[i]) * step, n1 < p.N ? n1 : p.N);
+    }
+  });
+}
+
+template <class T> void run_product(const Product<T> &p) { run_products(&p, 1); }
+
+// x in float32: used as is, or converted once into a scratch buffer.
+template <class T> struct FloatRows {
+  std::unique_ptr<float[]> scratch;
+  const float *data;
+  FloatRows(const T *x, int64_t n) {
+    if constexpr (std::is_same_v<T, float>) {
+      data = x;
+    } else {
+      scratch.reset(new float[n]);
+      for (int64_t i = 0; i < n; i++) scratch[i] = to_float(x[i]);
+      data = scratch.get();
+    }
+  }
+};
+
+}  // namespace mk
