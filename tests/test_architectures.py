@@ -71,6 +71,25 @@ def test_cached_decode_logits(pair):
     assert np.abs(np.concatenate(steps, 1) - torch_logits(reference, ids)[:, 7:]).max() <= 1e-4
 
 
+def test_logits_under_graph_mode(pair):
+    """A whole-model forward compiled as one graph (GRAPH_MODE) gives transformers' logits too."""
+    import mindspore as ms
+
+    reference, model = pair
+    ids, mask = left_padded([9, 6], 9, seed=9)
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        if rope_type_of(model.config) in HOST_UPDATED_ROPE:
+            with pytest.raises(ValueError, match="rope scaling recomputes frequencies"):
+                model(input_ids=ms_tensor(ids), attention_mask=ms_tensor(mask))
+            return
+        logits = model(input_ids=ms_tensor(ids), attention_mask=ms_tensor(mask)).logits.asnumpy()
+    finally:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+    expected = torch_logits(reference, ids, mask)
+    assert np.abs((logits - expected) * mask[..., None]).max() <= 1e-4  # padded positions are not compared
+
+
 def test_output_hidden_states(pair):
     """Embeddings, each layer's output and the final norm's, as transformers returns them."""
     reference, model = pair

@@ -16,6 +16,7 @@ from transformers.utils.hub import cached_file, convert_file_size_to_int
 
 from . import backend
 from .layers import init_parameter, parameter_defaults
+from .modeling_rope_utils import HOST_UPDATED_ROPE, rope_type_of
 from .safetensors_io import CheckpointError, iter_safetensors, write_safetensors
 
 logger = logging.getLogger(__name__)
@@ -130,8 +131,15 @@ class PreTrainedModel(nn.Cell):
         self.generation_config = GenerationConfig.from_model_config(config) if self.can_generate() else None
 
     def __call__(self, *args, **kwargs):
-        if kwargs.get("past_key_values") is None and ms.get_context("mode") == ms.GRAPH_MODE:
-            kwargs["use_cache"] = False  # a DynamicCache is a Python object that a compiled graph cannot create
+        if ms.get_context("mode") == ms.GRAPH_MODE:
+            rope_type = rope_type_of(self.config)
+            if rope_type in HOST_UPDATED_ROPE:
+                raise ValueError(
+                    f"{rope_type} rope scaling recomputes frequencies from the sequence length on the host, which a "
+                    "graph-mode forward cannot do; run this model in PyNative mode (ms.set_context(mode=ms.PYNATIVE_MODE))"
+                )
+            if kwargs.get("past_key_values") is None:
+                kwargs["use_cache"] = False  # a DynamicCache is a Python object that a compiled graph cannot create
         return super().__call__(*args, **kwargs)
 
     @classmethod
