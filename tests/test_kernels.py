@@ -250,17 +250,21 @@ def test_cached_attention_float16():
     assert out.dtype == ms.float16 and max_error(out, expected) <= 1e-2
 
 
+@pytest.mark.parametrize("first_layer", [False, True])
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
-def test_attention_block(bias, packed):
-    """Projections, cached attention and the output projection in one kernel, against the composed ops."""
+def test_attention_block(bias, packed, first_layer):
+    """The input norm (with the residual add), projections, cached attention and the output projection in one
+    kernel, against the composed ops."""
     case = Case(seq=2, start=6, norm_eps=1e-6, rotary_dim=8)
     hidden, q_size, kv_size = 40, case.heads * case.head_dim, case.kv_heads * case.head_dim
-    x = randn(case.batch, case.seq, hidden)
+    x, residual, norm_weight = randn(case.batch, case.seq, hidden), randn(case.batch, case.seq, hidden), randn(hidden)
+    stream = x if first_layer else x + residual
+    normed = composed.rms_norm(tensor(stream), tensor(norm_weight), 1e-5, False).asnumpy()
     weights = [randn(n, hidden) * 0.2 for n in (q_size, kv_size, kv_size)]
     biases = [randn(n) if bias else np.zeros(n, np.float32) for n in (q_size, kv_size, kv_size)]
     o_weight, o_bias = randn(hidden, q_size) * 0.2, randn(hidden) if bias else np.zeros(hidden, np.float32)
-    case.q, case.k, case.v = (x @ w.T + b for w, b in zip(weights, biases))
+    case.q, case.k, case.v = (normed @ w.T + b for w, b in zip(weights, biases))
     expected, keys, values = case.reference()
     expected = ops.MatMul(transpose_b=True)(expected.reshape(-1, q_size), tensor(o_weight)).reshape(2, 2, hidden) + tensor(o_bias)
     unused = tensor([0.0])
@@ -273,12 +277,31 @@ def test_attention_block(bias, packed):
         projection_biases = tuple(tensor(b) for b in biases) if bias else (unused,) * 3
         config = case.config
     key_cache, value_cache = ms.Parameter(tensor(case.k_cache), name="k"), ms.Parameter(tensor(case.v_cache), name="v")
-    out = kernels.ATTENTION_BLOCK(tensor(x), *projections, tensor(o_weight), *projection_biases,
-                                  tensor(o_bias) if bias else unused, tensor(case.cos), tensor(case.sin),
-                                  tensor(case.q_norm), tensor(case.k_norm), key_cache, value_cache,
-                                  ms.Tensor(case.positions), tensor(case.mask), config)  # fmt: skip
+    stream_out, out = kernels.ATTENTION_BLOCK(
+        tensor(x), unused if first_layer else tensor(residual), tensor(norm_weight), kernels.config(1e-5, 0),
+        *projections, tensor(o_weight), *projection_biases, tensor(o_bias) if bias else unused, tensor(case.cos),
+        tensor(case.sin), tensor(case.q_norm), tensor(case.k_norm), key_cache, value_cache, ms.Tensor(case.positions),
+        tensor(case.mask), config,
+    )  # fmt: skip
+    assert np.abs(stream_out.asnumpy() - stream).max() == 0.0
     assert out.shape == (2, 2, hidden) and _relative(out, expected) <= 1e-5
     assert np.abs(key_cache.asnumpy() - keys).max() <= 1e-5 and np.abs(value_cache.asnumpy() - values).max() <= 1e-5
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_mlp_block(packed):
+    x, residual, norm_weight = tensor(randn(2, 1, 40)), tensor(randn(2, 1, 40)), tensor(randn(40))
+    gate, up, down = tensor(randn(56, 40) * 0.3), tensor(randn(56, 40) * 0.3), tensor(randn(40, 56) * 0.3)
+    matmul = ops.MatMul(transpose_b=True)
+    normed = composed.rms_norm(x + residual, norm_weight, 1e-5, True).reshape(2, 40)
+    expected = matmul(ops.silu(matmul(normed, gate)) * matmul(normed, up), down).reshape(2, 1, 40)
+    norm_config, act = kernels.config(1e-5, 1), kernels.config(0)
+    if packed:
+        gate_up = ms.Tensor(np.concatenate([gate.asnumpy(), up.asnumpy()]))
+        stream, out = kernels.MLP_BLOCK_PACKED(x, residual, norm_weight, norm_config, gate_up, down, act)
+    else:
+        stream, out = kernels.MLP_BLOCK(x, residual, norm_weight, norm_config, gate, up, down, act)
+    assert max_error(stream, x + residual) == 0.0 and _relative(out, expected) <= 1e-5
 
 
 @pytest.mark.parametrize("name", ["gqa_prefill_padding", "qk_norm_unit_offset", "softcap_scaling"])

@@ -58,7 +58,7 @@ def linear(x: ms.Tensor, weight: ms.Tensor, bias=None, kernel: str = "matmul") -
     With kernel "fused", decoding (a few rows) uses the fused kernel, which splits the weight rows over both cores.
     Otherwise a 2-D MatMul with transpose_b: in PyNative 40x faster on CPU than mint.nn.functional.linear, and
     within noise of it inside a compiled graph."""
-    if kernel == "fused" and x.size // x.shape[-1] <= FUSED_LINEAR_MAX_ROWS:
+    if kernel == "fused" and decoding_rows(x):
         return kernels.LINEAR(x, weight) if bias is None else kernels.LINEAR_BIAS(x, weight, bias)
     if x.ndim == 2:
         out = _matmul_nt(x, weight)
@@ -180,8 +180,7 @@ def mlp(kernel: str, x, gate, up, down, act_fn, act_config, packed: bool):
     """down(act(x @ gate^T) * (x @ up^T)). `gate`, `up` and `down` are the projection cells; with `packed` the one
     cell `gate` holds gate and up (gate rows first, Phi-3's gate_up_proj) and `up` is None. Decoding rows run as one
     fused kernel."""
-    rows = x.size // x.shape[-1]
-    if kernel == "fused" and rows <= FUSED_LINEAR_MAX_ROWS:
+    if kernel == "fused" and decoding_rows(x):
         if packed:
             return kernels.MLP_PACKED(x, gate.weight, down.weight, act_config)
         return kernels.MLP(x, gate.weight, up.weight, down.weight, act_config)
@@ -196,7 +195,7 @@ def mlp(kernel: str, x, gate, up, down, act_fn, act_config, packed: bool):
 
 def qkv_projection(kernel: str, x, q_proj, k_proj, v_proj):
     """The q, k and v projections (Linear cells with biases or none); decoding rows run as one fused kernel."""
-    if kernel == "fused" and x.size // x.shape[-1] <= FUSED_LINEAR_MAX_ROWS:
+    if kernel == "fused" and decoding_rows(x):
         if q_proj.bias is None:
             return kernels.QKV(x, q_proj.weight, k_proj.weight, v_proj.weight)
         return kernels.QKV_BIAS(x, q_proj.weight, k_proj.weight, v_proj.weight, q_proj.bias, k_proj.bias, v_proj.bias)
@@ -253,21 +252,30 @@ def fused_attention(query, key, value, cos, sin, q_norm, k_norm, mask, cache, la
     return kernels.ATTENTION(query, key, value, mask, config)
 
 
-def fits_attention_block(x, cache, projection_kernel: str) -> bool:
-    """Whether decoding rows over a static cache can run the whole attention (projections, cached attention, output
-    projection) as one fused kernel: it saves two launches per layer."""
-    rows = x.size // x.shape[-1]
-    return cache is not None and cache.is_static and projection_kernel == "fused" and rows <= FUSED_LINEAR_MAX_ROWS
+def decoding_rows(x) -> bool:
+    """Whether `x` has few enough rows for the fused few-row kernels (decoding; prompts use MatMul)."""
+    return x.size // x.shape[-1] <= FUSED_LINEAR_MAX_ROWS
 
 
-def attention_block(x, projections: tuple, biases: tuple, o_proj, cos, sin, q_norm, k_norm, mask, cache, layer_idx: int,
-                    cache_position, config, unused):  # fmt: skip
-    """o_proj(attention(x)) in one kernel: `projections` are the q, k and v weights (or the packed qkv weight and
-    two `unused` placeholders), `biases` theirs or placeholders; see fits_attention_block."""
+def attention_block(hidden, residual, norm, projections: tuple, biases: tuple, o_proj, cos, sin, q_norm, k_norm, mask,
+                    cache, layer_idx: int, cache_position, config, unused):  # fmt: skip
+    """(the residual stream, o_proj(attention(norm(stream)))) for decoding rows over a static cache, in one kernel:
+    the input norm (with the residual add; `residual` None for a first layer), the projections (`projections` the
+    q, k, v weights, or the packed qkv weight and two `unused` placeholders; `biases` theirs or placeholders), the
+    cached attention and the output projection."""
     keys, values = cache.layer_buffers(layer_idx)
+    residual = unused if residual is None else residual
     o_bias = unused if o_proj.bias is None else o_proj.bias
-    return kernels.ATTENTION_BLOCK(x, *projections, o_proj.weight, *biases, o_bias, cos, sin, q_norm, k_norm, keys, values,
-                                   cache_position, mask, config)  # fmt: skip
+    return kernels.ATTENTION_BLOCK(hidden, residual, norm.weight, norm.kernel_config, *projections, o_proj.weight,
+                                   *biases, o_bias, cos, sin, q_norm, k_norm, keys, values, cache_position, mask,
+                                   config)  # fmt: skip
+
+
+def mlp_block(x, residual, norm, gate, up, down, act_config, packed: bool):
+    """(x + residual, the MLP of norm(x + residual)) for decoding rows, in one kernel; `packed` as in `mlp`."""
+    if packed:
+        return kernels.MLP_BLOCK_PACKED(x, residual, norm.weight, norm.kernel_config, gate.weight, down.weight, act_config)
+    return kernels.MLP_BLOCK(x, residual, norm.weight, norm.kernel_config, gate.weight, up.weight, down.weight, act_config)
 
 
 def flash_attention(query, key, value, attention_mask, scaling: float):

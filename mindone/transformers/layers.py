@@ -235,8 +235,6 @@ class Attention(nn.Cell):
 
     def construct(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, cache_position=None):
         batch, seq, _ = hidden_states.shape
-        if self.kernel == "fused" and backend.fits_attention_block(hidden_states, past_key_values, self.o_proj.kernel):
-            return self._block(hidden_states, position_embeddings, attention_mask, past_key_values, cache_position)
         if self.fused_qkv:
             qkv = self.qkv_proj(hidden_states)
             if self.kernel == "fused":
@@ -266,7 +264,15 @@ class Attention(nn.Cell):
             output = composed.attention(query, key, value, attention_mask, self.scaling, self.softcap)
         return self.o_proj(output.reshape(batch, seq, -1))
 
-    def _block(self, hidden_states, position_embeddings, attention_mask, past_key_values, cache_position):
+    def block_fits(self, hidden_states, past_key_values, norm) -> bool:
+        """Whether `block` serves these inputs: decoding rows over a static cache, every part on fused kernels."""
+        fused = self.kernel == "fused" and norm.kernel == "fused" and self.o_proj.kernel == "fused"
+        static = past_key_values is not None and past_key_values.is_static
+        return fused and static and backend.decoding_rows(hidden_states)
+
+    def block(self, hidden_states, residual, norm, position_embeddings, attention_mask, past_key_values, cache_position):
+        """(the residual stream, this attention over its `norm`) in one kernel (backend.attention_block): the input
+        norm with the residual add, the projections, the cached attention and the output projection."""
         cos, sin = position_embeddings
         q_norm = self.q_norm.weight if self.qk_norm else self.unused
         k_norm = self.k_norm.weight if self.qk_norm else self.unused
@@ -277,8 +283,8 @@ class Attention(nn.Cell):
             projections = (self.q_proj.weight, self.k_proj.weight, self.v_proj.weight)
             cells = (self.q_proj, self.k_proj, self.v_proj)
             biases = tuple(self.unused if cell.bias is None else cell.bias for cell in cells)
-        return backend.attention_block(hidden_states, projections, biases, self.o_proj, cos, sin, q_norm, k_norm,
-                                       attention_mask, past_key_values, self.layer_idx, cache_position,
+        return backend.attention_block(hidden_states, residual, norm, projections, biases, self.o_proj, cos, sin, q_norm,
+                                       k_norm, attention_mask, past_key_values, self.layer_idx, cache_position,
                                        self.kernel_config, self.unused)  # fmt: skip
 
     def _fused(self, query, key, value, position_embeddings, attention_mask, past_key_values, cache_position):
@@ -315,3 +321,14 @@ class GatedMLP(nn.Cell):
             return backend.mlp(self.kernel, x, self.gate_up_proj, None, self.down_proj, self.act_fn, self.kernel_config, True)
         return backend.mlp(self.kernel, x, self.gate_proj, self.up_proj, self.down_proj, self.act_fn, self.kernel_config,
                            False)  # fmt: skip
+
+    def after_norm(self, x, residual, norm):
+        """(x + residual, this MLP over their `norm`): one kernel for decoding rows where the norm and the MLP are
+        fused kernels."""
+        if self.kernel == "fused" and norm.kernel == "fused" and backend.decoding_rows(x):
+            if self.fused_gate_up:
+                return backend.mlp_block(x, residual, norm, self.gate_up_proj, None, self.down_proj, self.kernel_config, True)
+            return backend.mlp_block(x, residual, norm, self.gate_proj, self.up_proj, self.down_proj, self.kernel_config,
+                                     False)  # fmt: skip
+        residual, normed = norm.add_and_norm(x, residual)
+        return residual, self.construct(normed)

@@ -47,16 +47,21 @@ class DecoderLayer(nn.Cell):
         """Returns (the MLP's output, the residual stream before it): their sum is the layer's output, which the
         next layer's input norm (or the final norm) adds in the same kernel. `residual` is None for the first
         layer, whose input is the embeddings alone."""
-        residual, normed = self.norm_input(hidden_states, residual)
-        attended = self.self_attn(normed, position_embeddings, attention_mask, past_key_values, cache_position)
-        residual, normed = self.post_attention_layernorm.add_and_norm(attended, residual)
-        return self.mlp(normed), residual
+        residual, attended = self.attend(hidden_states, residual, position_embeddings, attention_mask, past_key_values,
+                                         cache_position)  # fmt: skip
+        residual, out = self.mlp.after_norm(attended, residual, self.post_attention_layernorm)
+        return out, residual
 
-    def norm_input(self, hidden_states, residual):
-        """(the layer's input, its input norm)."""
+    def attend(self, hidden_states, residual, position_embeddings, attention_mask, past_key_values, cache_position):
+        """(the layer's input, the attention over its input norm); one kernel for decoding rows over a static cache."""
+        if self.self_attn.block_fits(hidden_states, past_key_values, self.input_layernorm):
+            return self.self_attn.block(hidden_states, residual, self.input_layernorm, position_embeddings, attention_mask,
+                                        past_key_values, cache_position)  # fmt: skip
         if residual is None:
-            return hidden_states, self.input_layernorm(hidden_states)
-        return self.input_layernorm.add_and_norm(hidden_states, residual)
+            residual, normed = hidden_states, self.input_layernorm(hidden_states)
+        else:
+            residual, normed = self.input_layernorm.add_and_norm(hidden_states, residual)
+        return residual, self.self_attn(normed, position_embeddings, attention_mask, past_key_values, cache_position)
 
 
 class DecoderPreTrainedModel(PreTrainedModel):

@@ -38,7 +38,7 @@ def library() -> Optional[str]:
 
 # The custom-op primitives, created once the library is built: compiled graphs must find them as plain globals.
 RMS_NORM = ADD_RMS_NORM = LAYER_NORM = ADD_LAYER_NORM = None
-LINEAR = LINEAR_BIAS = QKV = QKV_BIAS = MLP = MLP_PACKED = None
+LINEAR = LINEAR_BIAS = QKV = QKV_BIAS = MLP = MLP_PACKED = MLP_BLOCK = MLP_BLOCK_PACKED = None
 CACHED_ATTENTION = CACHED_ATTENTION_PACKED = ATTENTION_BLOCK = ROPE_QK = ATTENTION = None
 
 
@@ -131,8 +131,16 @@ def _mlp_packed(x, gate_up, down, *rest):
     return (x[:-1] + down[:1],)
 
 
-def _attention_block(x, wq, wk, wv, wo, *rest):
-    return (x[:-1] + wo[:1],)
+def _attention_block(hidden, residual, norm_w, norm_cfg, wq, wk, wv, wo, *rest):
+    return hidden, hidden[:-1] + wo[:1]
+
+
+def _mlp_block(x, residual, norm_w, norm_cfg, gate, up, down, *rest):
+    return x, x[:-1] + down[:1]
+
+
+def _mlp_block_packed(x, residual, norm_w, norm_cfg, gate_up, down, *rest):
+    return x, x[:-1] + down[:1]
 
 
 def _packed_attention(qkv, k, v, cos, sin, q_norm, k_norm, k_cache, *rest):
@@ -151,22 +159,26 @@ def _create_primitives() -> None:
     LINEAR (x, w) / LINEAR_BIAS (x, w, b) -> x @ w^T (+ b);
     QKV (x, wq, wk, wv) / QKV_BIAS (x, wq, wk, wv, bq, bk, bv) -> (q, k, v): three projections in one pass;
     MLP (x, gate, up, down, act[1]) / MLP_PACKED (x, gate_up, down, act[1]) -> down(act(x @ gate^T) * (x @ up^T));
+    MLP_BLOCK (x, residual, norm_w, norm_cfg, gate, up, down, act[1]) / MLP_BLOCK_PACKED (x, residual, norm_w,
+        norm_cfg, gate_up, down, act[1]) -> (x + residual, the MLP of rms_norm(x + residual));
     CACHED_ATTENTION(_PACKED) (q, k, v, cos, sin, q_norm_w, k_norm_w, k_cache, v_cache, cache_position, mask, cfg)
         -> [B, S, H * D], writing the new keys and values into the caches in place;
-    ATTENTION_BLOCK (x, wq, wk, wv, wo, bq, bk, bv, bo, cos, sin, q_norm_w, k_norm_w, k_cache, v_cache,
-        cache_position, mask, cfg) -> o_proj(attention(x)): projections, cached attention and output projection;
+    ATTENTION_BLOCK (hidden, residual or [1], norm_w, norm_cfg, wq, wk, wv, wo, bq, bk, bv, bo, cos, sin, q_norm_w,
+        k_norm_w, k_cache, v_cache, cache_position, mask, cfg) -> (residual stream, o_proj(attention(norm(stream))));
     ROPE_QK (q, k, cos, sin, q_norm_w, k_norm_w, cfg) -> (q, k) normed and rotated, same shapes;
     ATTENTION (q [B, S, H * D], k [B, KV, L, D], v [B, KV, L, D], mask [1 or B, 1, S, L], cfg) -> [B, S, H * D]."""
     global RMS_NORM, ADD_RMS_NORM, LAYER_NORM, ADD_LAYER_NORM, LINEAR, LINEAR_BIAS, QKV, QKV_BIAS, MLP, MLP_PACKED
-    global CACHED_ATTENTION, CACHED_ATTENTION_PACKED, ATTENTION_BLOCK, ROPE_QK, ATTENTION
+    global MLP_BLOCK, MLP_BLOCK_PACKED, CACHED_ATTENTION, CACHED_ATTENTION_PACKED, ATTENTION_BLOCK, ROPE_QK, ATTENTION
     RMS_NORM, ADD_RMS_NORM = Kernel("RmsNorm", _same), Kernel("AddRmsNorm", _pair, outputs=2)
     LAYER_NORM, ADD_LAYER_NORM = Kernel("LayerNorm", _same), Kernel("AddLayerNorm", _pair, outputs=2)
     LINEAR, LINEAR_BIAS = Kernel("Linear", _linear), Kernel("LinearBias", _linear)
     QKV, QKV_BIAS = Kernel("Qkv", _qkv, outputs=3), Kernel("QkvBias", _qkv, outputs=3)
     MLP, MLP_PACKED = Kernel("Mlp", _mlp), Kernel("MlpPacked", _mlp_packed)
+    MLP_BLOCK = Kernel("MlpBlock", _mlp_block, outputs=2)
+    MLP_BLOCK_PACKED = Kernel("MlpBlockPacked", _mlp_block_packed, outputs=2)
     CACHED_ATTENTION = Kernel("CachedAttention", _same, writes_inputs=True)
     CACHED_ATTENTION_PACKED = Kernel("CachedAttentionPacked", _packed_attention, writes_inputs=True)
-    ATTENTION_BLOCK = Kernel("AttentionBlock", _attention_block, writes_inputs=True)
+    ATTENTION_BLOCK = Kernel("AttentionBlock", _attention_block, outputs=2, writes_inputs=True)
     ROPE_QK = Kernel("RopeQk", _rope, outputs=2)
     ATTENTION = Kernel("Attention", _same)
 

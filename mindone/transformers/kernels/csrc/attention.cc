@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "matmul.h"
+#include "norm.h"
 
 namespace mk {
 namespace {
@@ -265,33 +266,38 @@ template <class T> const T *bias_or_null(const Arg &bias, int64_t outputs) {
   return bias.numel() == outputs ? bias.as<T>() : nullptr;
 }
 
-// The whole attention of decoding rows: q, k, v projections, the cached attention, the output projection.
+// The whole attention of decoding rows: the input norm (with the residual add), q, k, v projections, the cached
+// attention and the output projection. Outputs the residual stream and the attention's output.
 template <class T> int run_block(void **params, int *ndims, int64_t **shapes, const char **dtypes) {
-  Arg x = MK_ARG(0), wq = MK_ARG(1), wk = MK_ARG(2), wv = MK_ARG(3), wo = MK_ARG(4), kc = MK_ARG(13);
-  Config c = config_of(MK_ARG(17));
-  const int64_t B = x.dim(0), S = x.dim(1), K = x.dim(2), M = B * S, D = kc.dim(3);
+  Arg hidden = MK_ARG(0), residual = MK_ARG(1), wq = MK_ARG(4), wk = MK_ARG(5), wv = MK_ARG(6), wo = MK_ARG(7);
+  Arg kc = MK_ARG(16);
+  Config c = config_of(MK_ARG(20));
+  const int64_t B = hidden.dim(0), S = hidden.dim(1), K = hidden.dim(2), M = B * S, D = kc.dim(3);
   const int64_t q_size = c.heads * D, kv_size = c.kv_heads * D;
   if (wo.dim(1) != q_size) return kBadShape;
-  FloatRows<T> rows(x.as<T>(), x.numel());
+  std::vector<T> normed(M * K);
+  add_and_norm(hidden.as<T>(), residual.numel() == M * K ? residual.as<T>() : nullptr, MK_ARG(2).as<T>(),
+               norm_config(MK_ARG(3)), MK_ARG(21).as<T>(), normed.data(), M, K);
+  FloatRows<T> rows(normed.data(), normed.size());
   std::vector<T> q(M * (c.packed ? q_size + 2 * kv_size : q_size)), k(c.packed ? 0 : M * kv_size), v(k.size());
   if (c.packed) {  // Phi-3's qkv_proj: one weight, one projection, sliced by Projections
     const int64_t n = q_size + 2 * kv_size;
-    run_product(Product<T>{rows.data, wq.as<T>(), nullptr, bias_or_null<T>(MK_ARG(5), n), q.data(), M, n, K, -1});
+    run_product(Product<T>{rows.data, wq.as<T>(), nullptr, bias_or_null<T>(MK_ARG(8), n), q.data(), M, n, K, -1});
   } else {
     Product<T> products[3] = {
-        {rows.data, wq.as<T>(), nullptr, bias_or_null<T>(MK_ARG(5), q_size), q.data(), M, q_size, K, -1},
-        {rows.data, wk.as<T>(), nullptr, bias_or_null<T>(MK_ARG(6), kv_size), k.data(), M, kv_size, K, -1},
-        {rows.data, wv.as<T>(), nullptr, bias_or_null<T>(MK_ARG(7), kv_size), v.data(), M, kv_size, K, -1}};
+        {rows.data, wq.as<T>(), nullptr, bias_or_null<T>(MK_ARG(8), q_size), q.data(), M, q_size, K, -1},
+        {rows.data, wk.as<T>(), nullptr, bias_or_null<T>(MK_ARG(9), kv_size), k.data(), M, kv_size, K, -1},
+        {rows.data, wv.as<T>(), nullptr, bias_or_null<T>(MK_ARG(10), kv_size), v.data(), M, kv_size, K, -1}};
     run_products(products, 3);
   }
   Projections<T> p{q.data(), k.data(), v.data(), S, D, c.heads, c.kv_heads, c.packed};
   std::vector<T> attended(M * q_size);
-  int status = cached_attention(p, B, MK_ARG(9), MK_ARG(10), MK_ARG(11), MK_ARG(12), kc, MK_ARG(14), MK_ARG(15),
-                                MK_ARG(16), c, attended.data());
+  int status = cached_attention(p, B, MK_ARG(12), MK_ARG(13), MK_ARG(14), MK_ARG(15), kc, MK_ARG(17), MK_ARG(18),
+                                MK_ARG(19), c, attended.data());
   if (status != kOk) return status;
   FloatRows<T> attended_rows(attended.data(), attended.size());
-  run_product(Product<T>{attended_rows.data, wo.as<T>(), nullptr, bias_or_null<T>(MK_ARG(8), wo.dim(0)),
-                         MK_ARG(18).as<T>(), M, wo.dim(0), q_size, -1});
+  run_product(Product<T>{attended_rows.data, wo.as<T>(), nullptr, bias_or_null<T>(MK_ARG(11), wo.dim(0)),
+                         MK_ARG(22).as<T>(), M, wo.dim(0), q_size, -1});
   return kOk;
 }
 
@@ -358,12 +364,14 @@ MK_KERNEL Attention(MK_ARGS) {
   MK_DISPATCH(dtypes[0], run_attention, (params, ndims, shapes, dtypes));
 }
 
-// AttentionBlock(x [B, S, K], wq, wk, wv, wo, bq, bk, bv, bo, cos, sin, q_norm_w, k_norm_w, k_cache, v_cache,
-//                cache_position, mask, cfg) -> o_proj(attention) [B, S, wo rows]: projections, cached attention and the
-// output projection in one op. Biases are 1-element placeholders where a layer has none; with cfg's packed flag
-// wq holds q, k and v (wk, wv unused).
+// AttentionBlock(hidden [B, S, K], residual [B, S, K] or [1], norm_w [K], norm_cfg[eps, unit_offset], wq, wk, wv, wo,
+//                bq, bk, bv, bo, cos, sin, q_norm_w, k_norm_w, k_cache, v_cache, cache_position, mask, cfg)
+//   -> (residual stream [B, S, K], o_proj(attention(rms_norm(stream))) [B, S, wo rows])
+// The input norm, projections, cached attention and output projection in one op. A 1-element residual means
+// none (the first layer); biases are 1-element placeholders where a layer has none; with cfg's packed flag wq
+// holds q, k and v (wk, wv unused).
 MK_KERNEL AttentionBlock(MK_ARGS) {
-  if (nparam != 19) return kBadArity;
+  if (nparam != 23) return kBadArity;
   MK_DISPATCH(dtypes[0], run_block, (params, ndims, shapes, dtypes));
 }
 

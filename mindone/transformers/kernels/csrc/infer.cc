@@ -67,9 +67,19 @@ MK_INFER Shape MlpInferShape(int *ndims, int64_t **shapes, AotExtra *) {
 MK_INFER Shape MlpPackedInferShape(int *ndims, int64_t **shapes, AotExtra *) {
   return with_last(shape_of(ndims, shapes, 0), shapes[2][0]);
 }
-// x [B, S, K] and wo (input 4) [hidden, H * D] -> [B, S, hidden]
-MK_INFER Shape AttentionBlockInferShape(int *ndims, int64_t **shapes, AotExtra *) {
-  return with_last(shape_of(ndims, shapes, 0), shapes[4][0]);
+// (the residual stream: hidden's shape, [B, S, wo rows]); wo is input 7
+MK_INFER Shapes AttentionBlockInferShape(int *ndims, int64_t **shapes, AotExtra *) {
+  Shape hidden = shape_of(ndims, shapes, 0);
+  return Shapes{hidden, with_last(hidden, shapes[7][0])};
+}
+// (x's shape, [..., down rows]); down is input 6 (5 packed)
+MK_INFER Shapes MlpBlockInferShape(int *ndims, int64_t **shapes, AotExtra *) {
+  Shape x = shape_of(ndims, shapes, 0);
+  return Shapes{x, with_last(x, shapes[6][0])};
+}
+MK_INFER Shapes MlpBlockPackedInferShape(int *ndims, int64_t **shapes, AotExtra *) {
+  Shape x = shape_of(ndims, shapes, 0);
+  return Shapes{x, with_last(x, shapes[5][0])};
 }
 MK_INFER Shapes RopeQkInferShape(int *ndims, int64_t **shapes, AotExtra *) {
   return Shapes{shape_of(ndims, shapes, 0), shape_of(ndims, shapes, 1)};
@@ -91,4 +101,6 @@ MK_SAME_TYPES(QkvBias, 3)
 MK_SAME_TYPE(Mlp)
 MK_SAME_TYPE(MlpPacked)
 MK_SAME_TYPE(Attention)
-MK_SAME_TYPE(AttentionBlock)
+MK_SAME_TYPES(AttentionBlock, 2)
+MK_SAME_TYPES(MlpBlock, 2)
+MK_SAME_TYPES(MlpBlockPacked, 2)

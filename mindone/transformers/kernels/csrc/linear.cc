@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "matmul.h"
+#include "norm.h"
 
 namespace mk {
 namespace {
@@ -32,22 +33,47 @@ template <class T> int run_qkv(void **params, int *ndims, int64_t **shapes, cons
   return kOk;
 }
 
-// The whole gated MLP: down(act(x gate^T) * (x up^T)); the hidden rows stay in a scratch buffer, rounded to T
-// as the composed ops round them.
+// The whole gated MLP over rows already in float32: down(act(x gate^T) * (x up^T)) into y. The hidden rows stay in
+// a scratch buffer, rounded to T as the composed ops round them.
+template <class T> void gated_mlp(const float *x, int64_t M, int64_t K, const T *gate, const T *up, const Arg &down,
+                                  int act, T *y) {
+  const int64_t I = down.dim(1);
+  std::vector<T> hidden(M * I);
+  std::vector<float> gates(M * I), ups(M * I);
+  run_product(Product<T>{x, gate, up, nullptr, hidden.data(), M, I, K, act, gates.data(), ups.data()});
+  FloatRows<T> hidden_rows(hidden.data(), M * I);
+  run_product(Product<T>{hidden_rows.data, down.as<T>(), nullptr, nullptr, y, M, down.dim(0), I, -1});
+}
+
+// (x, gate, up, down, act) or, packed, (x, gate_up, down, act) -> down(act(x gate^T) * (x up^T))
 template <class T> int run_mlp(void **params, int *ndims, int64_t **shapes, const char **dtypes, bool packed) {
   Arg x = MK_ARG(0), gate = MK_ARG(1);
   int i = 2;
   const T *up = packed ? nullptr : MK_ARG(i++).as<T>();
   Arg down = MK_ARG(i++);
   int act = static_cast<int>(MK_ARG(i++).as<float>()[0]);
-  Arg y = MK_ARG(i);
-  const int64_t K = x.dim(-1), M = x.numel() / K, I = down.dim(1);
-  if (packed) up = gate.as<T>() + I * K;
-  std::vector<T> hidden(M * I);
+  const int64_t K = x.dim(-1), M = x.numel() / K;
+  if (packed) up = gate.as<T>() + down.dim(1) * K;  // Phi-3's gate_up_proj: gate rows, then up rows
   FloatRows<T> rows(x.as<T>(), x.numel());
-  run_product(Product<T>{rows.data, gate.as<T>(), up, nullptr, hidden.data(), M, I, K, act});
-  FloatRows<T> hidden_rows(hidden.data(), M * I);
-  run_product(Product<T>{hidden_rows.data, down.as<T>(), nullptr, nullptr, y.as<T>(), M, down.dim(0), I, -1});
+  gated_mlp(rows.data, M, K, gate.as<T>(), up, down, act, MK_ARG(i).as<T>());
+  return kOk;
+}
+
+// The post-attention residual add and norm, then the MLP: (x, residual, norm_w, norm_cfg, gate[, up], down, act)
+// -> (x + residual, mlp(rms_norm(x + residual)))
+template <class T> int run_mlp_block(void **params, int *ndims, int64_t **shapes, const char **dtypes, bool packed) {
+  Arg x = MK_ARG(0), gate = MK_ARG(4);
+  int i = 5;
+  const T *up = packed ? nullptr : MK_ARG(i++).as<T>();
+  Arg down = MK_ARG(i++);
+  int act = static_cast<int>(MK_ARG(i++).as<float>()[0]);
+  const int64_t K = x.dim(-1), M = x.numel() / K;
+  if (packed) up = gate.as<T>() + down.dim(1) * K;
+  std::vector<T> normed(M * K);
+  add_and_norm(x.as<T>(), MK_ARG(1).as<T>(), MK_ARG(2).as<T>(), norm_config(MK_ARG(3)), MK_ARG(i).as<T>(),
+               normed.data(), M, K);
+  FloatRows<T> rows(normed.data(), normed.size());
+  gated_mlp(rows.data, M, K, gate.as<T>(), up, down, act, MK_ARG(i + 1).as<T>());
   return kOk;
 }
 
@@ -90,4 +116,16 @@ MK_KERNEL Mlp(MK_ARGS) {
 MK_KERNEL MlpPacked(MK_ARGS) {
   if (nparam != 5) return kBadArity;
   MK_DISPATCH(dtypes[0], run_mlp, (params, ndims, shapes, dtypes, true));
+}
+
+// MlpBlock(x, residual, norm_w, norm_cfg, gate, up, down, act) -> (x + residual, Mlp(rms_norm(x + residual)))
+MK_KERNEL MlpBlock(MK_ARGS) {
+  if (nparam != 10) return kBadArity;
+  MK_DISPATCH(dtypes[0], run_mlp_block, (params, ndims, shapes, dtypes, false));
+}
+
+// MlpBlockPacked(x, residual, norm_w, norm_cfg, gate_up, down, act) -> the same with gate and up stacked
+MK_KERNEL MlpBlockPacked(MK_ARGS) {
+  if (nparam != 9) return kBadArity;
+  MK_DISPATCH(dtypes[0], run_mlp_block, (params, ndims, shapes, dtypes, true));
 }

@@ -17,8 +17,8 @@ class SandwichNormDecoderLayer(DecoderLayer):
 
     def construct(self, hidden_states, residual, position_embeddings, attention_mask=None, past_key_values=None,
                   cache_position=None):  # fmt: skip
-        residual, normed = self.norm_input(hidden_states, residual)
-        attended = self.self_attn(normed, position_embeddings, attention_mask, past_key_values, cache_position)
+        residual, attended = self.attend(hidden_states, residual, position_embeddings, attention_mask, past_key_values,
+                                         cache_position)  # fmt: skip
         residual, normed = self.pre_feedforward_layernorm.add_and_norm(self.post_attention_layernorm(attended), residual)
         return self.post_feedforward_layernorm(self.mlp(normed)), residual
 
