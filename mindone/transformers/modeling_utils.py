@@ -251,6 +251,7 @@ class PreTrainedModel(nn.Cell):
 
     def _load_tensors(self, tensors: Iterable, path: str) -> dict:
         params = self.state_dict()
+        arena = WeightArena(params.values()) if backend.device_target() == "CPU" else None
         tied = set(self._tied_weights_keys) if self._ties_embeddings() else set()
         loaded, unexpected = set(), []
         for name, array in tensors:
@@ -265,7 +266,7 @@ class PreTrainedModel(nn.Cell):
                     f"weight '{name}' in '{path}' has shape {tuple(array.shape)} but the model expects "
                     f"{tuple(param.shape)}; the checkpoint does not match its config.json"
                 )
-            param.set_data(_to_tensor(array, param.dtype))
+            param.set_data(arena.tensor(array, param.dtype) if arena is not None else _to_tensor(array, param.dtype))
             del array  # a copied (cast) array is freed before the next tensor is read
             loaded.add(target)
         missing = [name for name in params if name not in loaded]
@@ -300,6 +301,35 @@ class PreTrainedModel(nn.Cell):
             self.generation_config.save_pretrained(save_directory)
         shards = _plan_shards(self.state_dict(), convert_file_size_to_int(max_shard_size))
         _write_shards(save_directory, shards)
+
+
+class WeightArena:
+    """One host allocation for all of a model's weights, each loaded tensor a slice of it (CPU backend).
+
+    numpy asks the kernel to back allocations of 4 MB and more with transparent huge pages (madvise), so one
+    allocation puts every weight on 2 MB pages, where separate per-weight arrays of SmolLM2's sizes (0.4-3.5 MB)
+    got 4 KB pages: decoding streams every weight once per token, and with huge pages the streaming reads of
+    SmolLM2's decode step took ~10% less time (measured 18.8 -> 17.3 ms at batch 1, 30.9 -> 27.2 ms at batch 8)."""
+
+    ALIGNMENT = 64
+
+    def __init__(self, params):
+        unique = {id(p): p for p in params}.values()
+        sizes = [self._aligned(p.size * np.dtype(ms.dtype_to_nptype(p.dtype)).itemsize) for p in unique]
+        self.buffer = np.empty(sum(sizes) + self.ALIGNMENT, np.uint8)  # pages are touched only as weights arrive
+        self.offset = -self.buffer.ctypes.data % self.ALIGNMENT
+
+    def _aligned(self, nbytes: int) -> int:
+        return -(-nbytes // self.ALIGNMENT) * self.ALIGNMENT
+
+    def tensor(self, array: np.ndarray, dtype) -> ms.Tensor:
+        """A Tensor of `dtype` holding `array`, stored in the arena."""
+        nptype = np.dtype(ms.dtype_to_nptype(dtype))
+        nbytes = int(np.prod(array.shape)) * nptype.itemsize
+        view = self.buffer[self.offset : self.offset + nbytes].view(nptype).reshape(array.shape)
+        np.copyto(view, array, casting="unsafe")
+        self.offset += self._aligned(nbytes)
+        return ms.from_numpy(view)
 
 
 def _to_tensor(array, dtype) -> ms.Tensor:
