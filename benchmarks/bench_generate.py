@@ -9,6 +9,10 @@ invocation. The prompts are `--prompt_length`-token windows of an English text; 
 eos and forces `--new_tokens` tokens with min_new_tokens, as a user would to measure a fixed length. Every
 framework's tokens are compared with PyTorch's.
 
+The mindone workers run as `make demo` installs this project, without PyTorch: this dev environment has torch for
+the parity tests, and transformers would import it into every process that imports transformers (~230 MB of RSS
+that a MindSpore install does not have); USE_TORCH=0 tells transformers not to.
+
 Prints prefill ms, decode tok/s, first-call compile seconds, peak RSS, the ratio to PyTorch eager and, at batch 1,
 the share of the memory-bandwidth ceiling measured on the spot: the read bandwidth of all cores (numpy sums in one
 thread per core) divided by the bytes of weights a decode step reads. Shared machines are noisy: compare only
@@ -147,7 +151,8 @@ def main():
             command = [sys.executable, __file__, "--model", args.model, "--prompt_length", str(args.prompt_length),
                        "--new_tokens", str(args.new_tokens), "--repeats", str(args.repeats),
                        "--worker", framework, str(batch)]  # fmt: skip
-            output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            env = os.environ if framework == "pytorch" else {**os.environ, "USE_TORCH": "0"}
+            output = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
             r = json.loads(output.strip().splitlines()[-1])
             reference = reference or (r if framework == "pytorch" else None)
             ratio = f"{r['decode_tok_s'] / reference['decode_tok_s']:.2f}" if reference else "-"
