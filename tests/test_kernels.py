@@ -304,6 +304,46 @@ def test_mlp_block(packed):
     assert max_error(stream, x + residual) == 0.0 and _relative(out, expected) <= 1e-5
 
 
+@pytest.mark.parametrize("first_layer", [False, True])
+@pytest.mark.parametrize("packed", [False, True])
+def test_decoder_layer_is_the_attention_block_then_the_mlp_block(packed, first_layer):
+    """One launch for a whole layer gives exactly what the two block kernels give one after the other."""
+    case = Case(seq=1, start=6, rotary_dim=8)
+    hidden, q_size, kv_size, inner = 40, case.heads * case.head_dim, case.kv_heads * case.head_dim, 56
+    x, residual = tensor(randn(case.batch, 1, hidden)), tensor(randn(case.batch, 1, hidden))
+    unused = tensor([0.0])
+    if packed:
+        projections = (tensor(randn(q_size + 2 * kv_size, hidden) * 0.2), unused, unused)
+        config = kernels.config(*case.config.asnumpy()[:5], 1, *case.config.asnumpy()[6:])
+        mlp_weights = (tensor(randn(2 * inner, hidden) * 0.3), tensor(randn(hidden, inner) * 0.3))
+    else:
+        projections = tuple(tensor(randn(n, hidden) * 0.2) for n in (q_size, kv_size, kv_size))
+        config = case.config
+        mlp_weights = (tensor(randn(inner, hidden) * 0.3), tensor(randn(inner, hidden) * 0.3), tensor(randn(hidden, inner) * 0.3))
+    post_norm = (tensor(randn(hidden)), kernels.config(1e-5, 0))
+    act = kernels.config(0)
+    input_norm, o_weight = tensor(randn(hidden)), tensor(randn(hidden, q_size) * 0.2)
+
+    def attention_inputs(caches):
+        return (x, unused if first_layer else residual, input_norm, kernels.config(1e-5, 0), *projections,
+                o_weight, unused, unused, unused, unused, tensor(case.cos), tensor(case.sin),
+                unused, unused, *caches, ms.Tensor(case.positions), tensor(case.mask), config)  # fmt: skip
+
+    def caches():
+        return ms.Parameter(tensor(case.k_cache), name="k"), ms.Parameter(tensor(case.v_cache), name="v")
+
+    two_caches = caches()
+    stream, attended = kernels.ATTENTION_BLOCK(*attention_inputs(two_caches))
+    mlp = kernels.MLP_BLOCK_PACKED if packed else kernels.MLP_BLOCK
+    expected_stream, expected = mlp(attended, stream, *post_norm, *mlp_weights, act)
+    one_caches = caches()
+    layer = kernels.DECODER_LAYER_PACKED if packed else kernels.DECODER_LAYER
+    got_stream, got = layer(*attention_inputs(one_caches), *post_norm, *mlp_weights, act)
+    assert max_error(got_stream, expected_stream) == 0.0 and max_error(got, expected) == 0.0
+    for one, two in zip(one_caches, two_caches):
+        assert np.abs(one.asnumpy() - two.asnumpy()).max() == 0.0
+
+
 @pytest.mark.parametrize("name", ["gqa_prefill_padding", "qk_norm_unit_offset", "softcap_scaling"])
 def test_rope_then_attention_over_given_keys(name):
     """The path for a DynamicCache: rotate (and norm) q and k, then attend over key/value tensors."""

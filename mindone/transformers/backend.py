@@ -257,18 +257,32 @@ def decoding_rows(x) -> bool:
     return x.size // x.shape[-1] <= FUSED_LINEAR_MAX_ROWS
 
 
-def attention_block(hidden, residual, norm, projections: tuple, biases: tuple, o_proj, cos, sin, q_norm, k_norm, mask,
-                    cache, layer_idx: int, cache_position, config, unused):  # fmt: skip
-    """(the residual stream, o_proj(attention(norm(stream)))) for decoding rows over a static cache, in one kernel:
-    the input norm (with the residual add; `residual` None for a first layer), the projections (`projections` the
-    q, k, v weights, or the packed qkv weight and two `unused` placeholders; `biases` theirs or placeholders), the
-    cached attention and the output projection."""
+def attention_block_inputs(hidden, residual, norm, projections: tuple, biases: tuple, o_proj, cos, sin, q_norm, k_norm,
+                           mask, cache, layer_idx: int, cache_position, config, unused) -> tuple:  # fmt: skip
+    """The inputs of the attention block kernel: the input norm (with the residual add; `residual` None for a first
+    layer), the projections (`projections` the q, k, v weights, or the packed qkv weight and two `unused`
+    placeholders; `biases` theirs or placeholders), the cached attention and the output projection."""
     keys, values = cache.layer_buffers(layer_idx)
     residual = unused if residual is None else residual
     o_bias = unused if o_proj.bias is None else o_proj.bias
-    return kernels.ATTENTION_BLOCK(hidden, residual, norm.weight, norm.kernel_config, *projections, o_proj.weight,
-                                   *biases, o_bias, cos, sin, q_norm, k_norm, keys, values, cache_position, mask,
-                                   config)  # fmt: skip
+    return (hidden, residual, norm.weight, norm.kernel_config, *projections, o_proj.weight, *biases, o_bias, cos, sin,
+            q_norm, k_norm, keys, values, cache_position, mask, config)  # fmt: skip
+
+
+def attention_block(inputs: tuple):
+    """(the residual stream, o_proj(attention(norm(stream)))) for decoding rows over a static cache, in one kernel;
+    `inputs` from attention_block_inputs."""
+    return kernels.ATTENTION_BLOCK(*inputs)
+
+
+def decoder_layer(attention_inputs: tuple, norm, gate, up, down, act_config, packed: bool):
+    """A whole pre-norm layer for decoding rows in one kernel: the attention block, then the MLP block over its
+    outputs; returns (the residual stream after the attention, the MLP's output). `packed` as in `mlp`."""
+    if packed:
+        return kernels.DECODER_LAYER_PACKED(*attention_inputs, norm.weight, norm.kernel_config, gate.weight, down.weight,
+                                            act_config)  # fmt: skip
+    return kernels.DECODER_LAYER(*attention_inputs, norm.weight, norm.kernel_config, gate.weight, up.weight, down.weight,
+                                 act_config)  # fmt: skip
 
 
 def mlp_block(x, residual, norm, gate, up, down, act_config, packed: bool):

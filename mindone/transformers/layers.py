@@ -270,9 +270,10 @@ class Attention(nn.Cell):
         static = past_key_values is not None and past_key_values.is_static
         return fused and static and backend.decoding_rows(hidden_states)
 
-    def block(self, hidden_states, residual, norm, position_embeddings, attention_mask, past_key_values, cache_position):
-        """(the residual stream, this attention over its `norm`) in one kernel (backend.attention_block): the input
-        norm with the residual add, the projections, the cached attention and the output projection."""
+    def block_inputs(self, hidden_states, residual, norm, position_embeddings, attention_mask, past_key_values,
+                     cache_position) -> tuple:  # fmt: skip
+        """The inputs of this attention as one block kernel over its `norm` (backend.attention_block_inputs): the
+        input norm with the residual add, the projections, the cached attention and the output projection."""
         cos, sin = position_embeddings
         q_norm = self.q_norm.weight if self.qk_norm else self.unused
         k_norm = self.k_norm.weight if self.qk_norm else self.unused
@@ -283,9 +284,14 @@ class Attention(nn.Cell):
             projections = (self.q_proj.weight, self.k_proj.weight, self.v_proj.weight)
             cells = (self.q_proj, self.k_proj, self.v_proj)
             biases = tuple(self.unused if cell.bias is None else cell.bias for cell in cells)
-        return backend.attention_block(hidden_states, residual, norm, projections, biases, self.o_proj, cos, sin, q_norm,
-                                       k_norm, attention_mask, past_key_values, self.layer_idx, cache_position,
-                                       self.kernel_config, self.unused)  # fmt: skip
+        return backend.attention_block_inputs(hidden_states, residual, norm, projections, biases, self.o_proj, cos, sin,
+                                              q_norm, k_norm, attention_mask, past_key_values, self.layer_idx,
+                                              cache_position, self.kernel_config, self.unused)  # fmt: skip
+
+    def block(self, hidden_states, residual, norm, position_embeddings, attention_mask, past_key_values, cache_position):
+        """(the residual stream, this attention over its `norm`) in one kernel (backend.attention_block)."""
+        return backend.attention_block(self.block_inputs(hidden_states, residual, norm, position_embeddings,
+                                                         attention_mask, past_key_values, cache_position))  # fmt: skip
 
     def _fused(self, query, key, value, position_embeddings, attention_mask, past_key_values, cache_position):
         cos, sin = position_embeddings
@@ -322,10 +328,22 @@ class GatedMLP(nn.Cell):
         return backend.mlp(self.kernel, x, self.gate_proj, self.up_proj, self.down_proj, self.act_fn, self.kernel_config,
                            False)  # fmt: skip
 
+    def block_fits(self, x, norm) -> bool:
+        """Whether the norm before this MLP and the MLP run as one fused kernel for `x` (decoding rows)."""
+        return self.kernel == "fused" and norm.kernel == "fused" and backend.decoding_rows(x)
+
+    def after_attention_block(self, attention_inputs: tuple, norm):
+        """(the residual stream after the attention, this MLP's output) of a whole layer in one kernel: the
+        attention block with `attention_inputs` (Attention.block_inputs), then `norm` and this MLP."""
+        gate = self.gate_up_proj if self.fused_gate_up else self.gate_proj
+        up = None if self.fused_gate_up else self.up_proj
+        return backend.decoder_layer(attention_inputs, norm, gate, up, self.down_proj, self.kernel_config,
+                                     self.fused_gate_up)  # fmt: skip
+
     def after_norm(self, x, residual, norm):
         """(x + residual, this MLP over their `norm`): one kernel for decoding rows where the norm and the MLP are
         fused kernels."""
-        if self.kernel == "fused" and norm.kernel == "fused" and backend.decoding_rows(x):
+        if self.block_fits(x, norm):
             if self.fused_gate_up:
                 return backend.mlp_block(x, residual, norm, self.gate_up_proj, None, self.down_proj, self.kernel_config, True)
             return backend.mlp_block(x, residual, norm, self.gate_proj, self.up_proj, self.down_proj, self.kernel_config,

@@ -46,7 +46,15 @@ class DecoderLayer(nn.Cell):
                   cache_position=None):  # fmt: skip
         """Returns (the MLP's output, the residual stream before it): their sum is the layer's output, which the
         next layer's input norm (or the final norm) adds in the same kernel. `residual` is None for the first
-        layer, whose input is the embeddings alone."""
+        layer, whose input is the embeddings alone. Decoding rows over a static cache run the layer as one kernel."""
+        if self.self_attn.block_fits(hidden_states, past_key_values, self.input_layernorm) and self.mlp.block_fits(
+            hidden_states, self.post_attention_layernorm
+        ):
+            attention_inputs = self.self_attn.block_inputs(hidden_states, residual, self.input_layernorm,
+                                                           position_embeddings, attention_mask, past_key_values,
+                                                           cache_position)  # fmt: skip
+            residual, out = self.mlp.after_attention_block(attention_inputs, self.post_attention_layernorm)
+            return out, residual
         residual, attended = self.attend(hidden_states, residual, position_embeddings, attention_mask, past_key_values,
                                          cache_position)  # fmt: skip
         residual, out = self.mlp.after_norm(attended, residual, self.post_attention_layernorm)

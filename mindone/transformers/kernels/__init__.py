@@ -40,6 +40,7 @@ def library() -> Optional[str]:
 RMS_NORM = ADD_RMS_NORM = LAYER_NORM = ADD_LAYER_NORM = None
 LINEAR = LINEAR_BIAS = QKV = QKV_BIAS = MLP = MLP_PACKED = MLP_BLOCK = MLP_BLOCK_PACKED = None
 CACHED_ATTENTION = CACHED_ATTENTION_PACKED = ATTENTION_BLOCK = ROPE_QK = ATTENTION = None
+DECODER_LAYER = DECODER_LAYER_PACKED = None
 
 
 @functools.lru_cache(maxsize=None)
@@ -143,6 +144,10 @@ def _mlp_block_packed(x, residual, norm_w, norm_cfg, gate_up, down, *rest):
     return x, x[:-1] + down[:1]
 
 
+def _decoder_layer(hidden, *rest):
+    return hidden, hidden
+
+
 def _packed_attention(qkv, k, v, cos, sin, q_norm, k_norm, k_cache, *rest):
     """[B, S, (H + 2 KV) * D] with the cache's [B, KV, L, D] -> [B, S, H * D]"""
     return (qkv[:-1] + (qkv[-1] - 2 * k_cache[1] * k_cache[3],),)
@@ -165,10 +170,13 @@ def _create_primitives() -> None:
         -> [B, S, H * D], writing the new keys and values into the caches in place;
     ATTENTION_BLOCK (hidden, residual or [1], norm_w, norm_cfg, wq, wk, wv, wo, bq, bk, bv, bo, cos, sin, q_norm_w,
         k_norm_w, k_cache, v_cache, cache_position, mask, cfg) -> (residual stream, o_proj(attention(norm(stream))));
+    DECODER_LAYER (the ATTENTION_BLOCK inputs, post_norm_w, post_norm_cfg, gate, up, down, act) / DECODER_LAYER_PACKED
+        (..., gate_up, down, act) -> (residual stream after the attention, the MLP's output): both blocks, one launch;
     ROPE_QK (q, k, cos, sin, q_norm_w, k_norm_w, cfg) -> (q, k) normed and rotated, same shapes;
     ATTENTION (q [B, S, H * D], k [B, KV, L, D], v [B, KV, L, D], mask [1 or B, 1, S, L], cfg) -> [B, S, H * D]."""
     global RMS_NORM, ADD_RMS_NORM, LAYER_NORM, ADD_LAYER_NORM, LINEAR, LINEAR_BIAS, QKV, QKV_BIAS, MLP, MLP_PACKED
     global MLP_BLOCK, MLP_BLOCK_PACKED, CACHED_ATTENTION, CACHED_ATTENTION_PACKED, ATTENTION_BLOCK, ROPE_QK, ATTENTION
+    global DECODER_LAYER, DECODER_LAYER_PACKED
     RMS_NORM, ADD_RMS_NORM = Kernel("RmsNorm", _same), Kernel("AddRmsNorm", _pair, outputs=2)
     LAYER_NORM, ADD_LAYER_NORM = Kernel("LayerNorm", _same), Kernel("AddLayerNorm", _pair, outputs=2)
     LINEAR, LINEAR_BIAS = Kernel("Linear", _linear), Kernel("LinearBias", _linear)
@@ -179,6 +187,8 @@ def _create_primitives() -> None:
     CACHED_ATTENTION = Kernel("CachedAttention", _same, writes_inputs=True)
     CACHED_ATTENTION_PACKED = Kernel("CachedAttentionPacked", _packed_attention, writes_inputs=True)
     ATTENTION_BLOCK = Kernel("AttentionBlock", _attention_block, outputs=2, writes_inputs=True)
+    DECODER_LAYER = Kernel("DecoderLayer", _decoder_layer, outputs=2, writes_inputs=True)
+    DECODER_LAYER_PACKED = Kernel("DecoderLayerPacked", _decoder_layer, outputs=2, writes_inputs=True)
     ROPE_QK = Kernel("RopeQk", _rope, outputs=2)
     ATTENTION = Kernel("Attention", _same)
 

@@ -81,6 +81,13 @@ MK_INFER Shapes MlpBlockPackedInferShape(int *ndims, int64_t **shapes, AotExtra 
   Shape x = shape_of(ndims, shapes, 0);
   return Shapes{x, with_last(x, shapes[5][0])};
 }
+// a decoder layer's (residual stream, MLP output): both hidden's shape
+MK_INFER Shapes DecoderLayerInferShape(int *ndims, int64_t **shapes, AotExtra *) {
+  return Shapes(2, shape_of(ndims, shapes, 0));
+}
+MK_INFER Shapes DecoderLayerPackedInferShape(int *ndims, int64_t **shapes, AotExtra *) {
+  return Shapes(2, shape_of(ndims, shapes, 0));
+}
 MK_INFER Shapes RopeQkInferShape(int *ndims, int64_t **shapes, AotExtra *) {
   return Shapes{shape_of(ndims, shapes, 0), shape_of(ndims, shapes, 1)};
 }
@@ -104,3 +111,5 @@ MK_SAME_TYPE(Attention)
 MK_SAME_TYPES(AttentionBlock, 2)
 MK_SAME_TYPES(MlpBlock, 2)
 MK_SAME_TYPES(MlpBlockPacked, 2)
+MK_SAME_TYPES(DecoderLayer, 2)
+MK_SAME_TYPES(DecoderLayerPacked, 2)
