@@ -304,44 +304,78 @@ def test_mlp_block(packed):
     assert max_error(stream, x + residual) == 0.0 and _relative(out, expected) <= 1e-5
 
 
+def _packed_buffer(weights: list) -> tuple:
+    """(one flat tensor holding `weights` at 8-element-aligned offsets, the WEIGHTS_LAYER layout); None entries
+    are absent weights."""
+    chunks, layout, offset = [], [], 0
+    for weight in weights:
+        if weight is None:
+            layout += [-1, 0, 0]
+            continue
+        array = weight.asnumpy()
+        padding = -offset % 8
+        chunks += [np.zeros(padding, np.float32), array.reshape(-1)]
+        offset += padding
+        layout += [offset, array.shape[0], array.shape[1] if array.ndim == 2 else 0]
+        offset += array.size
+    return tensor(np.concatenate(chunks)), ms.Tensor(np.array(layout, np.int64))
+
+
+@pytest.mark.parametrize("extras", [False, True])
 @pytest.mark.parametrize("first_layer", [False, True])
 @pytest.mark.parametrize("packed", [False, True])
-def test_decoder_layer_is_the_attention_block_then_the_mlp_block(packed, first_layer):
-    """One launch for a whole layer gives exactly what the two block kernels give one after the other."""
-    case = Case(seq=1, start=6, rotary_dim=8)
+def test_decoder_layer_is_the_attention_block_then_the_mlp_block(packed, first_layer, extras):
+    """One launch for a whole layer gives exactly what the two block kernels give one after the other, also with
+    its weights read from one buffer (WEIGHTS_LAYER). `extras`: projection biases and q/k norms."""
+    case = Case(seq=1, start=6, rotary_dim=8, norm_eps=1e-6 if extras else 0.0)
     hidden, q_size, kv_size, inner = 40, case.heads * case.head_dim, case.kv_heads * case.head_dim, 56
     x, residual = tensor(randn(case.batch, 1, hidden)), tensor(randn(case.batch, 1, hidden))
     unused = tensor([0.0])
     if packed:
-        projections = (tensor(randn(q_size + 2 * kv_size, hidden) * 0.2), unused, unused)
+        projections = [tensor(randn(q_size + 2 * kv_size, hidden) * 0.2), None, None]
+        biases = [tensor(randn(q_size + 2 * kv_size)) if extras else None, None, None]
         config = kernels.config(*case.config.asnumpy()[:5], 1, *case.config.asnumpy()[6:])
-        mlp_weights = (tensor(randn(2 * inner, hidden) * 0.3), tensor(randn(hidden, inner) * 0.3))
+        mlp_weights = [tensor(randn(2 * inner, hidden) * 0.3), None, tensor(randn(hidden, inner) * 0.3)]
     else:
-        projections = tuple(tensor(randn(n, hidden) * 0.2) for n in (q_size, kv_size, kv_size))
+        projections = [tensor(randn(n, hidden) * 0.2) for n in (q_size, kv_size, kv_size)]
+        biases = [tensor(randn(n)) if extras else None for n in (q_size, kv_size, kv_size)]
         config = case.config
-        mlp_weights = (tensor(randn(inner, hidden) * 0.3), tensor(randn(inner, hidden) * 0.3), tensor(randn(hidden, inner) * 0.3))
-    post_norm = (tensor(randn(hidden)), kernels.config(1e-5, 0))
-    act = kernels.config(0)
-    input_norm, o_weight = tensor(randn(hidden)), tensor(randn(hidden, q_size) * 0.2)
+        mlp_weights = [tensor(randn(inner, hidden) * 0.3), tensor(randn(inner, hidden) * 0.3), tensor(randn(hidden, inner) * 0.3)]
+    o_weight, o_bias = tensor(randn(hidden, q_size) * 0.2), tensor(randn(hidden)) if extras else None
+    q_norm, k_norm = (tensor(case.q_norm), tensor(case.k_norm)) if extras else (None, None)
+    input_norm, post_norm = tensor(randn(hidden)), tensor(randn(hidden))
+    norm_config, act = kernels.config(1e-5, 0), kernels.config(0)
 
-    def attention_inputs(caches):
-        return (x, unused if first_layer else residual, input_norm, kernels.config(1e-5, 0), *projections,
-                o_weight, unused, unused, unused, unused, tensor(case.cos), tensor(case.sin),
-                unused, unused, *caches, ms.Tensor(case.positions), tensor(case.mask), config)  # fmt: skip
+    def given(*weights):
+        return [unused if w is None else w for w in weights]
 
     def caches():
         return ms.Parameter(tensor(case.k_cache), name="k"), ms.Parameter(tensor(case.v_cache), name="v")
 
+    def attention_inputs(cache):
+        return (x, unused if first_layer else residual, input_norm, norm_config, *given(*projections, o_weight),
+                *given(*biases, o_bias), tensor(case.cos), tensor(case.sin), *given(q_norm, k_norm), *cache,
+                ms.Tensor(case.positions), tensor(case.mask), config)  # fmt: skip
+
+    mlp_inputs = (post_norm, norm_config, *[w for w in mlp_weights if w is not None], act)
     two_caches = caches()
     stream, attended = kernels.ATTENTION_BLOCK(*attention_inputs(two_caches))
     mlp = kernels.MLP_BLOCK_PACKED if packed else kernels.MLP_BLOCK
-    expected_stream, expected = mlp(attended, stream, *post_norm, *mlp_weights, act)
+    expected_stream, expected = mlp(attended, stream, *mlp_inputs)
+    results = []
     one_caches = caches()
     layer = kernels.DECODER_LAYER_PACKED if packed else kernels.DECODER_LAYER
-    got_stream, got = layer(*attention_inputs(one_caches), *post_norm, *mlp_weights, act)
-    assert max_error(got_stream, expected_stream) == 0.0 and max_error(got, expected) == 0.0
-    for one, two in zip(one_caches, two_caches):
-        assert np.abs(one.asnumpy() - two.asnumpy()).max() == 0.0
+    results.append((layer(*attention_inputs(one_caches), *mlp_inputs), one_caches))
+    buffer_caches = caches()
+    weights, layout = _packed_buffer([input_norm, *projections, o_weight, *biases, o_bias, q_norm, k_norm, post_norm,
+                                      *mlp_weights])  # fmt: skip
+    results.append((kernels.WEIGHTS_LAYER(x, unused if first_layer else residual, weights, layout, norm_config,
+                                          norm_config, act, config, tensor(case.cos), tensor(case.sin), *buffer_caches,
+                                          ms.Tensor(case.positions), tensor(case.mask)), buffer_caches))  # fmt: skip
+    for (got_stream, got), cache in results:
+        assert max_error(got_stream, expected_stream) == 0.0 and max_error(got, expected) == 0.0
+        for one, two in zip(cache, two_caches):
+            assert np.abs(one.asnumpy() - two.asnumpy()).max() == 0.0
 
 
 @pytest.mark.parametrize("name", ["gqa_prefill_padding", "qk_norm_unit_offset", "softcap_scaling"])
@@ -473,3 +507,39 @@ def test_two_processes_building_at_once_make_one_good_library(tmp_path):
     libraries = list((tmp_path / "kernels").glob("*.so"))
     assert [str(p) for p in libraries] == list(paths) and not list((tmp_path / "kernels").glob(".*.tmp"))
     assert builder._valid(libraries[0], libraries[0].with_suffix(".sha256")) and builder._loads(libraries[0])
+
+
+# ---------------------------------------------------------------- a layer's weights in one buffer
+def _static_logits(model, ids) -> np.ndarray:
+    out = model.generate(ms.Tensor(ids), max_new_tokens=6, do_sample=False, cache_implementation="static",
+                         return_dict_in_generate=True, output_logits=True)  # fmt: skip
+    return np.stack([step.asnumpy() for step in out.logits])
+
+
+def test_loaded_layers_read_one_weight_buffer_and_never_a_stale_one(tmp_path, monkeypatch):
+    """from_pretrained packs each layer's weights (layers.PackedWeights) without adding to the state_dict; decoding
+    gives exactly the unpacked layers' logits. A weight replaced after the compiled step was built (set_data) is
+    read by the next generate(), packed or not: it matches a model given that weight before its first call."""
+    from helpers import random_ids, save_tiny_llama
+
+    from mindone.transformers import LlamaForCausalLM
+    from mindone.transformers.modeling_decoder import DecoderLayer
+
+    save_tiny_llama(tmp_path, seed=2)
+    packed, fresh = LlamaForCausalLM.from_pretrained(tmp_path), LlamaForCausalLM.from_pretrained(tmp_path)
+    with monkeypatch.context() as patch:
+        patch.setattr(DecoderLayer, "pack_weights", lambda self, arena: None)
+        plain = LlamaForCausalLM.from_pretrained(tmp_path)
+    assert all(layer.packed is not None for layer in packed.model.layers)
+    assert all(layer.packed is None for layer in plain.model.layers)
+    assert list(packed.state_dict()) == list(plain.state_dict())
+    ids = random_ids(2, 7)
+    assert np.abs(_static_logits(packed, ids) - _static_logits(plain, ids)).max() == 0.0
+
+    replacement = RNG.standard_normal(plain.model.layers[1].self_attn.q_proj.weight.shape).astype(np.float32)
+    for model in (packed, plain, fresh):
+        model.model.layers[1].self_attn.q_proj.weight.set_data(ms.Tensor(replacement))
+    expected = _static_logits(fresh, ids)
+    assert np.abs(_static_logits(packed, ids) - expected).max() == 0.0
+    assert np.abs(_static_logits(plain, ids) - expected).max() == 0.0
+    assert all(layer.packed is None for layer in packed.model.layers)

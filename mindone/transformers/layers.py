@@ -288,6 +288,20 @@ class Attention(nn.Cell):
                                               q_norm, k_norm, attention_mask, past_key_values, self.layer_idx,
                                               cache_position, self.kernel_config, self.unused)  # fmt: skip
 
+    def block_weights(self) -> tuple:
+        """The weights of the block kernel in PackedWeights.ORDER (q to k_norm), None where this attention has none;
+        with fused_qkv the packed projection takes q's place."""
+        def bias(cell):
+            return None if cell is None else cell.bias
+
+        if self.fused_qkv:
+            q, k, v = self.qkv_proj, None, None
+        else:
+            q, k, v = self.q_proj, self.k_proj, self.v_proj
+        cells = (q, k, v, self.o_proj)
+        norms = (self.q_norm.weight, self.k_norm.weight) if self.qk_norm else (None, None)
+        return tuple(None if c is None else c.weight for c in cells) + tuple(bias(c) for c in cells) + norms
+
     def block(self, hidden_states, residual, norm, position_embeddings, attention_mask, past_key_values, cache_position):
         """(the residual stream, this attention over its `norm`) in one kernel (backend.attention_block)."""
         return backend.attention_block(self.block_inputs(hidden_states, residual, norm, position_embeddings,
@@ -332,6 +346,12 @@ class GatedMLP(nn.Cell):
         """Whether the norm before this MLP and the MLP run as one fused kernel for `x` (decoding rows)."""
         return self.kernel == "fused" and norm.kernel == "fused" and backend.decoding_rows(x)
 
+    def block_weights(self) -> tuple:
+        """(gate, up, down) weights, up None when gate and up are one packed projection."""
+        if self.fused_gate_up:
+            return self.gate_up_proj.weight, None, self.down_proj.weight
+        return self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight
+
     def after_attention_block(self, attention_inputs: tuple, norm):
         """(the residual stream after the attention, this MLP's output) of a whole layer in one kernel: the
         attention block with `attention_inputs` (Attention.block_inputs), then `norm` and this MLP."""
@@ -350,3 +370,31 @@ class GatedMLP(nn.Cell):
                                      False)  # fmt: skip
         residual, normed = norm.add_and_norm(x, residual)
         return residual, self.construct(normed)
+
+
+class PackedWeights(nn.Cell):
+    """A decoder layer's weights as one parameter over their contiguous slices of the loading arena
+    (modeling_utils.WeightArena), with each weight's (offset, rows, cols) in `layout`: the layer kernel then takes
+    one weight input instead of up to fifteen. Not a child cell, so it adds nothing to the model's state_dict;
+    PreTrainedModel.check_weights drops it when a weight is replaced."""
+
+    ORDER = ("input_norm", "q", "k", "v", "o", "q_bias", "k_bias", "v_bias", "o_bias", "q_norm", "k_norm", "post_norm",
+             "gate", "up", "down")  # fmt: skip
+
+    def __init__(self, weights: tuple, span: tuple, name: str):
+        super().__init__()
+        tensor, offsets = span
+        # a lazy parameter given the arena's memory: Parameter(tensor) would copy the weights
+        self.weights = Parameter(initializer("zeros", tensor.shape, tensor.dtype), name=name, requires_grad=False)
+        self.weights.set_data(tensor)
+        layout, offsets = [], iter(offsets)
+        for weight in weights:
+            cols = 0 if weight is None or len(weight.shape) == 1 else weight.shape[1]
+            layout += [-1, 0, 0] if weight is None else [next(offsets), weight.shape[0], cols]
+        self.layout = ms.Tensor(np.array(layout, np.int64))
+
+    @classmethod
+    def of(cls, weights: tuple, arena, name: str):
+        """The packed weights, or None when they are not all contiguous slices of `arena` in one dtype."""
+        span = arena.span([w for w in weights if w is not None])
+        return None if span is None else cls(weights, span, name)

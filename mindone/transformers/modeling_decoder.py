@@ -8,10 +8,11 @@ from typing import Optional
 import mindspore as ms
 from mindspore import mint, nn, ops
 
+from . import backend
 from .backend import arange
 from .cache_utils import DynamicCache
 from .generation import GenerationMixin
-from .layers import Attention, Embedding, GatedMLP, Linear, RMSNorm, RotaryEmbedding
+from .layers import Attention, Embedding, GatedMLP, Linear, PackedWeights, RMSNorm, RotaryEmbedding
 from .masking_utils import causal_mask
 from .modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from .modeling_utils import PreTrainedModel
@@ -29,6 +30,8 @@ def layer_sliding_window(config, layer_idx: int) -> Optional[int]:
 class DecoderLayer(nn.Cell):
     """x + attn(norm(x)), then + mlp(norm(x)). `options` is the model class, whose attributes say how the
     architecture configures attention, norms and the MLP activation."""
+
+    packed = None  # PackedWeights once pack_weights found the layer's weights contiguous in the loading arena
 
     def __init__(self, config, layer_idx: int, options):
         super().__init__()
@@ -50,6 +53,14 @@ class DecoderLayer(nn.Cell):
         if self.self_attn.block_fits(hidden_states, past_key_values, self.input_layernorm) and self.mlp.block_fits(
             hidden_states, self.post_attention_layernorm
         ):
+            if self.packed is not None:
+                cos, sin = position_embeddings
+                residual, out = backend.weights_layer(hidden_states, residual, self.packed, self.input_layernorm,
+                                                      self.post_attention_layernorm, self.mlp.kernel_config,
+                                                      self.self_attn.kernel_config, cos, sin, attention_mask,
+                                                      past_key_values, self.self_attn.layer_idx, cache_position,
+                                                      self.self_attn.unused)  # fmt: skip
+                return out, residual
             attention_inputs = self.self_attn.block_inputs(hidden_states, residual, self.input_layernorm,
                                                            position_embeddings, attention_mask, past_key_values,
                                                            cache_position)  # fmt: skip
@@ -59,6 +70,17 @@ class DecoderLayer(nn.Cell):
                                          cache_position)  # fmt: skip
         residual, out = self.mlp.after_norm(attended, residual, self.post_attention_layernorm)
         return out, residual
+
+    def pack_weights(self, arena) -> None:
+        """Read all weights from one buffer (PackedWeights) where the whole layer runs as one fused kernel."""
+        attention, mlp = self.self_attn, self.mlp
+        norms = (self.input_layernorm, self.post_attention_layernorm)
+        fused = attention.kernel == "fused" and mlp.kernel == "fused" and all(n.kernel == "fused" for n in norms)
+        if not fused or attention.o_proj.kernel != "fused":
+            return
+        weights = (self.input_layernorm.weight,) + attention.block_weights() + (self.post_attention_layernorm.weight,)
+        packed = PackedWeights.of(weights + mlp.block_weights(), arena, f"packed_layer_weights.{attention.layer_idx}")
+        object.__setattr__(self, "packed", packed)
 
     def attend(self, hidden_states, residual, position_embeddings, attention_mask, past_key_values, cache_position):
         """(the layer's input, the attention over its input norm); one kernel for decoding rows over a static cache."""

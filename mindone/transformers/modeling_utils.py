@@ -140,6 +140,8 @@ class PreTrainedModel(nn.Cell):
                 )
             if kwargs.get("past_key_values") is None:
                 kwargs["use_cache"] = False  # a DynamicCache is a Python object that a compiled graph cannot create
+        elif not self.__dict__.get("generating", False):  # generate() checks once per call
+            self.check_weights()
         return super().__call__(*args, **kwargs)
 
     @classmethod
@@ -266,14 +268,44 @@ class PreTrainedModel(nn.Cell):
                     f"weight '{name}' in '{path}' has shape {tuple(array.shape)} but the model expects "
                     f"{tuple(param.shape)}; the checkpoint does not match its config.json"
                 )
-            param.set_data(arena.tensor(array, param.dtype) if arena is not None else _to_tensor(array, param.dtype))
+            param.set_data(arena.tensor(param, array) if arena is not None else _to_tensor(array, param.dtype))
             del array  # a copied (cast) array is freed before the next tensor is read
             loaded.add(target)
         missing = [name for name in params if name not in loaded]
         for name in missing:
             init_parameter(params[name])
+        if arena is not None:
+            self._pack_layer_weights(arena)
         self._report_loading(path, missing, unexpected)
         return {"missing_keys": missing, "unexpected_keys": unexpected, "mismatched_keys": [], "error_msgs": []}
+
+    def _pack_layer_weights(self, arena: "WeightArena") -> None:
+        """Layers that can read all their weights from one buffer (a `pack_weights` method) get their slice of the
+        arena: a compiled graph then passes each such layer one parameter instead of up to fifteen."""
+        for _, cell in self.cells_and_names():
+            if hasattr(cell, "pack_weights"):
+                cell.pack_weights(arena)
+        self._note_weights()
+
+    def _note_weights(self) -> None:
+        self.__dict__["_weight_addresses"] = [(p, p.data_ptr()) for p in self.get_parameters()]
+
+    def check_weights(self) -> None:
+        """Compiled graphs and packed layers (layers.PackedWeights) keep reading the buffers the weights had when
+        they were built; if a weight was replaced since (set_data), both are dropped so that the next call rebuilds
+        them over the current weights. Runs before every generate() and every forward outside generate()."""
+        noted = self.__dict__.get("_weight_addresses")
+        if noted is None:
+            self._note_weights()
+            return
+        if all(param.data_ptr() == address for param, address in noted):
+            return
+        for _, cell in self.cells_and_names():
+            if getattr(cell, "packed", None) is not None:
+                object.__setattr__(cell, "packed", None)
+        self.__dict__.pop("_compiled_steps", None)
+        self.__dict__["weights_version"] = self.__dict__.get("weights_version", 0) + 1
+        self._note_weights()
 
     def _report_loading(self, path: str, missing: list, unexpected: list) -> None:
         cls = type(self).__name__
@@ -304,32 +336,57 @@ class PreTrainedModel(nn.Cell):
 
 
 class WeightArena:
-    """One host allocation for all of a model's weights, each loaded tensor a slice of it (CPU backend).
+    """One host allocation for all of a model's weights, each parameter a fixed slice of it (CPU backend).
 
     numpy asks the kernel to back allocations of 4 MB and more with transparent huge pages (madvise), so one
     allocation puts every weight on 2 MB pages, where separate per-weight arrays of SmolLM2's sizes (0.4-3.5 MB)
     got 4 KB pages: decoding streams every weight once per token, and with huge pages the streaming reads of
-    SmolLM2's decode step took ~10% less time (measured 18.8 -> 17.3 ms at batch 1, 30.9 -> 27.2 ms at batch 8)."""
+    SmolLM2's decode step took ~10% less time (measured 18.8 -> 17.3 ms at batch 1, 30.9 -> 27.2 ms at batch 8).
+    Slices follow the model's parameter order, so a layer's weights are contiguous (`span`)."""
 
     ALIGNMENT = 64
 
     def __init__(self, params):
-        unique = {id(p): p for p in params}.values()
-        sizes = [self._aligned(p.size * np.dtype(ms.dtype_to_nptype(p.dtype)).itemsize) for p in unique]
-        self.buffer = np.empty(sum(sizes) + self.ALIGNMENT, np.uint8)  # pages are touched only as weights arrive
-        self.offset = -self.buffer.ctypes.data % self.ALIGNMENT
+        self.slots, offset = {}, 0
+        for param in {id(p): p for p in params}.values():
+            self.slots[id(param)] = offset
+            offset += self._aligned(param.size * _itemsize(param.dtype))
+        self.buffer = np.empty(offset + self.ALIGNMENT, np.uint8)  # pages are touched only as weights arrive
+        self.base = -self.buffer.ctypes.data % self.ALIGNMENT
 
     def _aligned(self, nbytes: int) -> int:
         return -(-nbytes // self.ALIGNMENT) * self.ALIGNMENT
 
-    def tensor(self, array: np.ndarray, dtype) -> ms.Tensor:
-        """A Tensor of `dtype` holding `array`, stored in the arena."""
-        nptype = np.dtype(ms.dtype_to_nptype(dtype))
-        nbytes = int(np.prod(array.shape)) * nptype.itemsize
-        view = self.buffer[self.offset : self.offset + nbytes].view(nptype).reshape(array.shape)
+    def _address(self, param) -> int:
+        return self.buffer.ctypes.data + self.base + self.slots[id(param)]
+
+    def tensor(self, param, array: np.ndarray) -> ms.Tensor:
+        """A Tensor of `param`'s dtype holding `array`, stored in `param`'s slice."""
+        nptype = np.dtype(ms.dtype_to_nptype(param.dtype))
+        start = self.base + self.slots[id(param)]
+        view = self.buffer[start : start + param.size * nptype.itemsize].view(nptype).reshape(array.shape)
         np.copyto(view, array, casting="unsafe")
-        self.offset += self._aligned(nbytes)
         return ms.from_numpy(view)
+
+    def holds(self, param) -> bool:
+        """Whether `param` still reads its slice (it was loaded and not replaced since)."""
+        return id(param) in self.slots and param.data_ptr() == self._address(param)
+
+    def span(self, params: list) -> Optional[tuple]:
+        """(one Tensor over the slices of `params`, each one's offset in it in elements), or None when they do not
+        all hold their slices or differ in dtype."""
+        if not params or not all(self.holds(p) for p in params) or len({p.dtype for p in params}) != 1:
+            return None
+        itemsize = _itemsize(params[0].dtype)
+        start = min(self.base + self.slots[id(p)] for p in params)
+        end = max(self.base + self.slots[id(p)] + p.size * itemsize for p in params)
+        nptype = np.dtype(ms.dtype_to_nptype(params[0].dtype))
+        offsets = [(self.base + self.slots[id(p)] - start) // itemsize for p in params]
+        return ms.from_numpy(self.buffer[start:end].view(nptype)), offsets
+
+
+def _itemsize(dtype) -> int:
+    return np.dtype(ms.dtype_to_nptype(dtype)).itemsize
 
 
 def _to_tensor(array, dtype) -> ms.Tensor:

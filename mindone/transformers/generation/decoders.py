@@ -171,7 +171,7 @@ def compiled_step(model, batch: int, cache_length: int, head=None) -> _CompiledS
     cache_key = (batch, cache_length, model.dtype)
     if cache_key not in caches:
         caches[cache_key] = StaticCache(model.config, cache_length, batch, model.dtype)
-    key = cache_key + (head.key if head is not None else None,)
+    key = cache_key + (head.key if head is not None else None, model.__dict__.get("weights_version", 0))
     if key not in _steps_of(model):
         _steps_of(model)[key] = _CompiledStep(model, caches[cache_key], head)
     return _steps_of(model)[key]
@@ -179,7 +179,7 @@ def compiled_step(model, batch: int, cache_length: int, head=None) -> _CompiledS
 
 def _cached_step_for(model, cache: StaticCache, head=None) -> _CompiledStep:
     """A user's StaticCache keeps its own compiled steps (per model and head), so they live and die with it."""
-    key = (id(model), head.key if head is not None else None)
+    key = (id(model), head.key if head is not None else None, model.__dict__.get("weights_version", 0))
     if key not in _steps_of(cache):
         _steps_of(cache)[key] = _CompiledStep(model, cache, head)
     return _steps_of(cache)[key]

@@ -321,6 +321,16 @@ class GenerationMixin:
         use_model_defaults: Optional[bool] = None,
         **kwargs,
     ):
+        self.check_weights()  # once per call, before a compiled step is chosen, instead of per forward
+        self.__dict__["generating"] = True
+        try:
+            return self._generate(inputs, generation_config, logits_processor, stopping_criteria,
+                                  prefix_allowed_tokens_fn, assistant_model, streamer, use_model_defaults, **kwargs)
+        finally:
+            self.__dict__["generating"] = False
+
+    def _generate(self, inputs, generation_config, logits_processor, stopping_criteria, prefix_allowed_tokens_fn,
+                  assistant_model, streamer, use_model_defaults, **kwargs):  # fmt: skip
         tokenizer = kwargs.pop("tokenizer", None)
         if kwargs.pop("assistant_tokenizer", None) is not None:
             raise NotImplementedError("assistant models with a different tokenizer (assistant_tokenizer) are not supported")

@@ -40,7 +40,7 @@ def library() -> Optional[str]:
 RMS_NORM = ADD_RMS_NORM = LAYER_NORM = ADD_LAYER_NORM = None
 LINEAR = LINEAR_BIAS = QKV = QKV_BIAS = MLP = MLP_PACKED = MLP_BLOCK = MLP_BLOCK_PACKED = None
 CACHED_ATTENTION = CACHED_ATTENTION_PACKED = ATTENTION_BLOCK = ROPE_QK = ATTENTION = None
-DECODER_LAYER = DECODER_LAYER_PACKED = None
+DECODER_LAYER = DECODER_LAYER_PACKED = WEIGHTS_LAYER = None
 
 
 @functools.lru_cache(maxsize=None)
@@ -172,11 +172,14 @@ def _create_primitives() -> None:
         k_norm_w, k_cache, v_cache, cache_position, mask, cfg) -> (residual stream, o_proj(attention(norm(stream))));
     DECODER_LAYER (the ATTENTION_BLOCK inputs, post_norm_w, post_norm_cfg, gate, up, down, act) / DECODER_LAYER_PACKED
         (..., gate_up, down, act) -> (residual stream after the attention, the MLP's output): both blocks, one launch;
+    WEIGHTS_LAYER (hidden, residual or [1], weights, layout int64 [15 * 3], input_norm_cfg, post_norm_cfg, act,
+        attention_cfg, cos, sin, k_cache, v_cache, cache_position, mask) -> DECODER_LAYER's outputs, every weight a
+        slice of `weights` at layout's (offset, rows, cols), in the order of layers.PackedWeights.ORDER;
     ROPE_QK (q, k, cos, sin, q_norm_w, k_norm_w, cfg) -> (q, k) normed and rotated, same shapes;
     ATTENTION (q [B, S, H * D], k [B, KV, L, D], v [B, KV, L, D], mask [1 or B, 1, S, L], cfg) -> [B, S, H * D]."""
     global RMS_NORM, ADD_RMS_NORM, LAYER_NORM, ADD_LAYER_NORM, LINEAR, LINEAR_BIAS, QKV, QKV_BIAS, MLP, MLP_PACKED
     global MLP_BLOCK, MLP_BLOCK_PACKED, CACHED_ATTENTION, CACHED_ATTENTION_PACKED, ATTENTION_BLOCK, ROPE_QK, ATTENTION
-    global DECODER_LAYER, DECODER_LAYER_PACKED
+    global DECODER_LAYER, DECODER_LAYER_PACKED, WEIGHTS_LAYER
     RMS_NORM, ADD_RMS_NORM = Kernel("RmsNorm", _same), Kernel("AddRmsNorm", _pair, outputs=2)
     LAYER_NORM, ADD_LAYER_NORM = Kernel("LayerNorm", _same), Kernel("AddLayerNorm", _pair, outputs=2)
     LINEAR, LINEAR_BIAS = Kernel("Linear", _linear), Kernel("LinearBias", _linear)
@@ -189,6 +192,7 @@ def _create_primitives() -> None:
     ATTENTION_BLOCK = Kernel("AttentionBlock", _attention_block, outputs=2, writes_inputs=True)
     DECODER_LAYER = Kernel("DecoderLayer", _decoder_layer, outputs=2, writes_inputs=True)
     DECODER_LAYER_PACKED = Kernel("DecoderLayerPacked", _decoder_layer, outputs=2, writes_inputs=True)
+    WEIGHTS_LAYER = Kernel("WeightsLayer", _decoder_layer, outputs=2, writes_inputs=True)
     ROPE_QK = Kernel("RopeQk", _rope, outputs=2)
     ATTENTION = Kernel("Attention", _same)
 

@@ -88,6 +88,9 @@ MK_INFER Shapes DecoderLayerInferShape(int *ndims, int64_t **shapes, AotExtra *)
 MK_INFER Shapes DecoderLayerPackedInferShape(int *ndims, int64_t **shapes, AotExtra *) {
   return Shapes(2, shape_of(ndims, shapes, 0));
 }
+MK_INFER Shapes WeightsLayerInferShape(int *ndims, int64_t **shapes, AotExtra *) {
+  return Shapes(2, shape_of(ndims, shapes, 0));
+}
 MK_INFER Shapes RopeQkInferShape(int *ndims, int64_t **shapes, AotExtra *) {
   return Shapes{shape_of(ndims, shapes, 0), shape_of(ndims, shapes, 1)};
 }
@@ -113,3 +116,4 @@ MK_SAME_TYPES(MlpBlock, 2)
 MK_SAME_TYPES(MlpBlockPacked, 2)
 MK_SAME_TYPES(DecoderLayer, 2)
 MK_SAME_TYPES(DecoderLayerPacked, 2)
+MK_SAME_TYPES(WeightsLayer, 2)

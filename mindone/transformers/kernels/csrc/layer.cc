@@ -53,6 +53,61 @@ int run_layer(int nparam, void **params, int *ndims, int64_t **shapes, const cha
   return mlp(count, m_params.data(), m_ndims.data(), m_shapes.data(), m_dtypes.data(), nullptr, nullptr);
 }
 
+// The layer's weights as slices of one buffer: `layout` holds (offset, rows, cols) per weight in kPackedOrder, in
+// elements of the buffer; offset -1 marks a weight the layer does not have, cols 0 a vector.
+enum PackedWeight { kInNorm, kQ, kK, kV, kO, kBq, kBk, kBv, kBo, kQNorm, kKNorm, kPostNorm, kGate, kUp, kDown, kWeights };
+constexpr int kPackedInputs = 14;
+
+int run_packed_layer(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
+  if (nparam != kPackedInputs + 2) return mk::kBadArity;
+  mk::Arg weights = MK_ARG(2), layout = MK_ARG(3);
+  if (layout.numel() != 3 * kWeights) return mk::kBadShape;
+  const int64_t *entries = layout.as<int64_t>();
+  const int64_t size = mk::dtype_of(dtypes[0]) == mk::DType::F16 ? 2 : 4;
+  int64_t placeholder_shape[1] = {1};
+  alignas(8) static const char placeholder[8] = {};
+  int64_t weight_shapes[kWeights][2];
+  void *weight_data[kWeights];
+  int weight_ndims[kWeights];
+  for (int w = 0; w < kWeights; w++) {
+    const int64_t offset = entries[3 * w], rows = entries[3 * w + 1], cols = entries[3 * w + 2];
+    if (offset < 0) {
+      weight_data[w] = const_cast<char *>(placeholder), weight_ndims[w] = 1, weight_shapes[w][0] = 1;
+      continue;
+    }
+    if (offset + rows * (cols > 0 ? cols : 1) > weights.numel()) return mk::kBadShape;
+    weight_data[w] = static_cast<char *>(weights.data) + offset * size;
+    weight_ndims[w] = cols > 0 ? 2 : 1, weight_shapes[w][0] = rows, weight_shapes[w][1] = cols;
+  }
+  const bool packed_mlp = entries[3 * kUp] < 0;
+  // The DecoderLayer inputs: (source input, or -1 - weight index) for each position, then the two outputs.
+  const int mlp_weights[] = {-1 - kGate, -1 - kUp, -1 - kDown};
+  std::vector<int> sources = {0, 1, -1 - kInNorm, 4, -1 - kQ, -1 - kK, -1 - kV, -1 - kO, -1 - kBq, -1 - kBk, -1 - kBv,
+                              -1 - kBo, 8, 9, -1 - kQNorm, -1 - kKNorm, 10, 11, 12, 13, 7, -1 - kPostNorm, 5};
+  for (int source : mlp_weights)
+    if (!(packed_mlp && source == -1 - kUp)) sources.push_back(source);
+  sources.push_back(6);
+  sources.push_back(kPackedInputs);
+  sources.push_back(kPackedInputs + 1);
+  const int count = static_cast<int>(sources.size());
+  std::vector<void *> l_params(count);
+  std::vector<int> l_ndims(count);
+  std::vector<int64_t *> l_shapes(count);
+  std::vector<const char *> l_dtypes(count);
+  for (int i = 0; i < count; i++) {
+    int source = sources[i];
+    if (source >= 0) {
+      l_params[i] = params[source], l_ndims[i] = ndims[source], l_shapes[i] = shapes[source], l_dtypes[i] = dtypes[source];
+    } else {
+      int w = -1 - source;
+      l_params[i] = weight_data[w], l_ndims[i] = weight_ndims[w];
+      l_shapes[i] = weight_ndims[w] == 1 && entries[3 * w] < 0 ? placeholder_shape : weight_shapes[w];
+      l_dtypes[i] = dtypes[0];
+    }
+  }
+  return run_layer(count, l_params.data(), l_ndims.data(), l_shapes.data(), l_dtypes.data(), packed_mlp);
+}
+
 }  // namespace
 
 // DecoderLayer(the AttentionBlock inputs, post_norm_w, post_norm_cfg, gate, up, down, act)
@@ -61,3 +116,8 @@ MK_KERNEL DecoderLayer(MK_ARGS) { return run_layer(nparam, params, ndims, shapes
 
 // DecoderLayerPacked: the same with gate and up stacked (Phi-3's gate_up_proj)
 MK_KERNEL DecoderLayerPacked(MK_ARGS) { return run_layer(nparam, params, ndims, shapes, dtypes, true); }
+
+// WeightsLayer(hidden, residual or [1], weights [n], layout int64 [15 * 3], input_norm_cfg, post_norm_cfg, act,
+//   attention_cfg, cos, sin, k_cache, v_cache, cache_position, mask) -> DecoderLayer's outputs, with every weight a
+//   slice of one buffer: a graph passes the layer one parameter instead of up to fifteen.
+MK_KERNEL WeightsLayer(MK_ARGS) { return run_packed_layer(nparam, params, ndims, shapes, dtypes); }
