@@ -53,7 +53,7 @@ int run_layer(int nparam, void **params, int *ndims, int64_t **shapes, const cha
   return mlp(count, m_params.data(), m_ndims.data(), m_shapes.data(), m_dtypes.data(), nullptr, nullptr);
 }
 
-// The layer's weights as slices of one buffer: `layout` holds (offset, rows, cols) per weight in kPackedOrder, in
+// The layer's weights as slices of one buffer: `layout` holds (offset, rows, cols) per weight in PackedWeight order (layers.PackedWeights.ORDER), in
 // elements of the buffer; offset -1 marks a weight the layer does not have, cols 0 a vector.
 enum PackedWeight { kInNorm, kQ, kK, kV, kO, kBq, kBk, kBv, kBo, kQNorm, kKNorm, kPostNorm, kGate, kUp, kDown, kWeights };
 constexpr int kPackedInputs = 14;
