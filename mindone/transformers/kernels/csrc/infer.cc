@@ -91,6 +91,13 @@ MK_INFER Shapes DecoderLayerPackedInferShape(int *ndims, int64_t **shapes, AotEx
 MK_INFER Shapes WeightsLayerInferShape(int *ndims, int64_t **shapes, AotExtra *) {
   return Shapes(2, shape_of(ndims, shapes, 0));
 }
+// x [..., K] against quantized weight rows (input 1: [N, ...]) -> [..., N]
+MK_INFER Shape QLinear8InferShape(int *ndims, int64_t **shapes, AotExtra *) {
+  return with_last(shape_of(ndims, shapes, 0), shapes[1][0]);
+}
+MK_INFER Shape QLinear4InferShape(int *ndims, int64_t **shapes, AotExtra *) {
+  return with_last(shape_of(ndims, shapes, 0), shapes[1][0]);
+}
 MK_INFER Shapes RopeQkInferShape(int *ndims, int64_t **shapes, AotExtra *) {
   return Shapes{shape_of(ndims, shapes, 0), shape_of(ndims, shapes, 1)};
 }
@@ -117,3 +124,5 @@ MK_SAME_TYPES(MlpBlockPacked, 2)
 MK_SAME_TYPES(DecoderLayer, 2)
 MK_SAME_TYPES(DecoderLayerPacked, 2)
 MK_SAME_TYPES(WeightsLayer, 2)
+MK_SAME_TYPE(QLinear8)
+MK_SAME_TYPE(QLinear4)
