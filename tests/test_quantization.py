@@ -38,13 +38,17 @@ def k_quant_blocks(qtype, rows: int, cols: int) -> np.ndarray:
     return raw
 
 
+def gguf_raw(qtype, rows: int, cols: int) -> np.ndarray:
+    """A [rows, cols] weight as GGUF blocks of `qtype`."""
+    if qtype in K_QUANTS:
+        return k_quant_blocks(qtype, rows, cols)
+    return quantize(RNG.standard_normal((rows, cols)).astype(np.float32), qtype)
+
+
 @pytest.mark.parametrize("qtype", QUANTIZABLE + K_QUANTS, ids=lambda t: t.name)
 def test_every_gguf_block_type_maps_bit_for_bit(qtype):
     rows, cols = 7, 512
-    if qtype in K_QUANTS:
-        raw = k_quant_blocks(qtype, rows, cols)
-    else:
-        raw = quantize(RNG.standard_normal((rows, cols)).astype(np.float32), qtype)
+    raw = gguf_raw(qtype, rows, cols)
     weight = from_gguf(raw, qtype, (rows, cols))
     assert isinstance(weight, FORMAT[qtype]) and weight.shape == (rows, cols)
     expected = dequantize(raw, qtype)
@@ -94,11 +98,7 @@ def _quantized_linear(x, weight):
 def test_quantized_linear_is_the_float_kernel_on_the_dequantized_weight(qtype, rows):
     assert kernels.available()
     out_features, in_features = 37, 512
-    if qtype in K_QUANTS:
-        raw = k_quant_blocks(qtype, out_features, in_features)
-    else:
-        raw = quantize(RNG.standard_normal((out_features, in_features)).astype(np.float32), qtype)
-    weight = from_gguf(raw, qtype, (out_features, in_features))
+    weight = from_gguf(gguf_raw(qtype, out_features, in_features), qtype, (out_features, in_features))
     x = ms.Tensor(RNG.standard_normal((2, rows, in_features)).astype(np.float32))
     got = _quantized_linear(x, weight)
     expected = kernels.LINEAR(x, ms.Tensor(weight.dequantize()))
