@@ -71,3 +71,43 @@ def test_convert_refuses_to_overwrite_and_leaves_nothing_on_failure(tmp_path, sm
 def test_missing_gguf_file_error(tmp_path):
     with pytest.raises(OSError, match="GGUF file 'missing.gguf' not found"):
         AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="missing.gguf")
+
+
+# ---------------------------------------------------------------- kept quantized (dequantize=False)
+def _greedy(model, ids, mask, cache):
+    import mindspore as ms
+
+    out = model.generate(ms.Tensor(ids), attention_mask=ms.Tensor(mask), max_new_tokens=20, do_sample=False,
+                         cache_implementation=cache)  # fmt: skip
+    return out.asnumpy()
+
+
+def test_smollm2_kept_quantized_generates_the_dequantized_tokens(smollm2_gguf):
+    """SmolLM2's Q4_1 projections stay 4-bit: the same greedy tokens as the file dequantized to float32, for one
+    chat prompt and for a left-padded batch, op by op and compiled; its parameters take a third of the memory."""
+    from helpers import left_padded
+
+    from mindone.transformers.quantization.linear import QuantizedLinear
+
+    directory, name = os.path.split(smollm2_gguf)
+    kept = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dequantize=False)
+    twin = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name)
+    assert sum(isinstance(cell, QuantizedLinear) for _, cell in kept.cells_and_names()) == 210
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
+    chat = [{"role": "user", "content": "What is the capital of France?"}]
+    single = np.array([tokenizer.apply_chat_template(chat, add_generation_prompt=True)], np.int64)
+    batch, mask = left_padded([9, 14, 5], 14, pad=tokenizer.pad_token_id, vocab=30000, seed=2)
+    for ids, attention in ((single, np.ones_like(single)), (batch, mask)):
+        for cache in (None, "static"):
+            assert np.array_equal(_greedy(kept, ids, attention, cache), _greedy(twin, ids, attention, cache)), cache
+    assert kept.get_memory_footprint() < 0.40 * twin.get_memory_footprint()
+
+
+def test_quantized_models_refuse_to_save_and_dequantize_false_needs_a_gguf(smollm2_gguf, tmp_path):
+    directory, name = os.path.split(smollm2_gguf)
+    kept = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dequantize=False)
+    with pytest.raises(NotImplementedError, match="cannot write quantized layers"):
+        kept.save_pretrained(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="pass gguf_file"):
+        AutoModelForCausalLM.from_pretrained(directory, dequantize=False)

@@ -79,8 +79,12 @@ def tiny_model(arch: str, seed: int = 0):
     return model, vocab
 
 
-def write_gguf(path, model, arch: str, vocab: dict) -> str:
-    """What convert_hf_to_gguf.py writes for these architectures, with F32 tensors."""
+QUANT_TYPES = (gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.Q4_1, gguf.GGMLQuantizationType.Q4_0)
+
+
+def write_gguf(path, model, arch: str, vocab: dict, quantize: bool = False) -> str:
+    """What convert_hf_to_gguf.py writes for these architectures, with F32 tensors; with `quantize`, the linear
+    weights whose rows hold whole 32-value blocks are stored as Q8_0, Q4_1 and Q4_0 in turn."""
     c, writer = model.config, gguf.GGUFWriter(str(path), arch)
     writer.add_context_length(c.max_position_embeddings)
     writer.add_embedding_length(c.hidden_size)
@@ -128,7 +132,12 @@ def write_gguf(path, model, arch: str, vocab: dict) -> str:
         if arch == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
             heads = c.num_attention_heads if "q_proj" in name else c.num_key_value_heads
             data = data.reshape(heads, 2, -1, data.shape[1]).swapaxes(1, 2).reshape(data.shape)  # llama.cpp's permute
-        writer.add_tensor(name_map.get_name(name, try_suffixes=(".weight", ".bias")), data)
+        gguf_name = name_map.get_name(name, try_suffixes=(".weight", ".bias"))
+        if quantize and "proj" in name and data.ndim == 2 and data.shape[1] % 32 == 0:
+            qtype = QUANT_TYPES[len(writer.tensors[0]) % len(QUANT_TYPES)]
+            writer.add_tensor(gguf_name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+        else:
+            writer.add_tensor(gguf_name, data)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -192,6 +201,27 @@ def test_model_from_gguf_matches_pytorch(written):
 
     logits = ours(input_ids=ms.Tensor(ids)).logits.asnumpy()
     assert np.abs(logits - torch_logits(model, ids)).max() < 1e-4
+
+
+def test_model_kept_quantized_equals_its_dequantized_twin(written, tmp_path):
+    """dequantize=False keeps Q8_0 / Q4_1 / Q4_0 linear weights quantized: the same logits as the same file
+    dequantized, to float32 rounding, and the same greedy tokens on the PyNative and the compiled path."""
+    import mindspore as ms
+
+    from mindone.transformers.quantization.linear import QuantizedLinear
+
+    arch, model, _ = written
+    path = write_gguf(tmp_path / "tiny-q.gguf", model, arch, tiny_model(arch)[1], quantize=True)
+    kept = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path, dequantize=False)
+    twin = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path)
+    quantized = [cell for _, cell in kept.cells_and_names() if isinstance(cell, QuantizedLinear)]
+    assert len(quantized) >= model.config.num_hidden_layers * 4 and {c.bits for c in quantized} == {4, 8}
+    ids = ms.Tensor(random_ids(2, 12, model.config.vocab_size, seed=4))
+    assert np.abs(kept(input_ids=ids).logits.asnumpy() - twin(input_ids=ids).logits.asnumpy()).max() < 1e-4
+    for cache in (None, "static"):
+        tokens = [m.generate(ids, max_new_tokens=8, do_sample=False, cache_implementation=cache).asnumpy()
+                  for m in (kept, twin)]  # fmt: skip
+        assert np.array_equal(*tokens), cache
 
 
 def test_tokenizer(written):
@@ -339,3 +369,15 @@ def test_gemma3_tokenizer_equals_sentencepiece(gemma3_gguf):
     docs = os.path.join(os.path.dirname(__file__), os.pardir, "docs")
     texts = [part for name in sorted(os.listdir(docs)) for part in open(os.path.join(docs, name)).read().split("\n\n")]
     assert_tokenizes_as_sentencepiece(open_gguf("", gemma3_gguf), texts + random_texts(2000))
+
+
+def test_gemma3_270m_kept_quantized_generates_the_dequantized_tokens(gemma3, gemma3_gguf):
+    """Gemma 3 270M Q4_K_M kept quantized (Q4_K, Q5_0, Q6_K and Q8_0 projections): its dequantized form's tokens."""
+    import mindspore as ms
+
+    _, twin, _, prompts = gemma3
+    directory, name = os.path.split(gemma3_gguf)
+    kept = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype="float32", dequantize=False)
+    for ids in prompts:
+        tokens = [m.generate(ms.Tensor(ids), max_new_tokens=20, do_sample=False).asnumpy() for m in (kept, twin)]
+        assert np.array_equal(*tokens)

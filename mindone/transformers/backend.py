@@ -83,6 +83,24 @@ def gelu(x: ms.Tensor, approximate: str) -> ms.Tensor:
     return ops.gelu(x, approximate=approximate)
 
 
+def quantized_kernel(dtype) -> str:
+    """"fused": the C++ kernels dequantize inside the matrix product (any number of rows); "composed": the weight
+    is dequantized with MindSpore ops, then multiplied (no compiler, MINDONE_FUSED_KERNELS=0, or not CPU)."""
+    return "fused" if dtype in _KERNEL_DTYPES and fused_cpu_kernels() else "composed"
+
+
+def quantized_linear(x: ms.Tensor, cell) -> ms.Tensor:
+    """x @ dequantized(weight)^T (+ bias) for a quantization.QuantizedLinear `cell` (its `matmul`: quantized_kernel)."""
+    if cell.matmul == "fused":
+        if cell.bits == 8:
+            out = kernels.QLINEAR8(x, cell.weight_values, cell.weight_scales)
+        else:
+            out = kernels.QLINEAR4(x, cell.weight_packed, cell.weight_scales, cell.weight_offsets)
+    else:
+        out = linear(x, composed.dequantize(cell).astype(x.dtype))
+    return out if cell.bias is None else out + cell.bias
+
+
 def embedding(ids: ms.Tensor, weight: ms.Tensor) -> ms.Tensor:
     return ops.gather(weight, ids, 0)
 

@@ -3,7 +3,7 @@ kernel is tested against."""
 
 import mindspore as ms
 import numpy as np
-from mindspore import mint
+from mindspore import mint, ops
 
 
 def cast(x, dtype):
@@ -66,3 +66,19 @@ def attention(query, key, value, attention_mask, scaling: float, softcap=None):
     probs = mint.softmax(cast(scores.reshape(batch, kv_heads, group * seq, kv_len), ms.float32), dim=-1)
     output = mint.matmul(cast(probs, value.dtype), value)
     return output.reshape(batch, heads, seq, head_dim).swapaxes(1, 2)
+
+
+def dequantize(cell) -> ms.Tensor:
+    """The float32 weight [N, K] of a quantization.QuantizedLinear: scale * q for int8, scale * q + offset for 4-bit
+    (a group's 16 bytes hold values 0-15 in their low nibbles, 16-31 in their high ones), rounded as the kernels."""
+    if cell.bits == 8:
+        values = cell.weight_values.astype(ms.float32)
+        rows, cols = values.shape
+        scales = cell.weight_scales.reshape(rows, -1, 1)
+        return (values.reshape(rows, scales.shape[1], -1) * scales).reshape(rows, cols)
+    packed = cell.weight_packed.astype(ms.int32)
+    rows, groups = packed.shape[0], cell.weight_scales.shape[1]
+    halves = packed.reshape(rows, groups, 1, 16)
+    q = ops.concat([halves % 16, halves // 16], 2).astype(ms.float32).reshape(rows, groups, 32)
+    weight = q * cell.weight_scales.reshape(rows, groups, 1) + cell.weight_offsets.reshape(rows, groups, 1)
+    return weight.reshape(rows, groups * 32)

@@ -62,6 +62,23 @@ def init_parameter(param: Parameter) -> None:
     param.set_data(initializer(param.hf_init, param.shape, param.dtype).init_data())
 
 
+def all_fused(*cells) -> bool:
+    """Whether every projection cell given is a float Linear on the fused kernels: the fused qkv, MLP and layer
+    kernels read their weights directly, which a QuantizedLinear does not have."""
+    return all(cell.kernel == "fused" for cell in cells)
+
+
+class HasProjections:
+    """A cell whose fused paths read its projections' weights. `projections_fused` is decided on the host (a
+    compiled graph sees a constant): at construction, and again by refresh_projections() once loading may have
+    replaced a projection by a QuantizedLinear."""
+
+    projections_fused = True
+
+    def refresh_projections(self) -> None:
+        self.projections_fused = all_fused(*self.projections())
+
+
 class Linear(nn.Cell):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, std: float = 0.02):
         super().__init__()
@@ -185,7 +202,7 @@ class RotaryEmbedding(nn.Cell):
         return composed.cast(cos, x.dtype), composed.cast(sin, x.dtype)
 
 
-class Attention(nn.Cell):
+class Attention(HasProjections, nn.Cell):
     """Multi-head / grouped-query self-attention with rotary embeddings and a key/value cache."""
 
     def __init__(self, config, layer_idx: int, qkv_bias=None, o_bias=None, qk_norm: bool = False,
@@ -228,6 +245,7 @@ class Attention(nn.Cell):
             config.rms_norm_eps if qk_norm else 0.0, unit_offset_norm, fused_qkv,
         )  # fmt: skip
         self.unused = ms.Tensor(np.zeros(1), dtype)  # a kernel input this layer has no tensor for
+        self.refresh_projections()
 
     def _heads(self, x, num_heads):
         batch, seq, _ = x.shape
@@ -243,7 +261,8 @@ class Attention(nn.Cell):
             query, key = qkv[:, :, : self.q_size], qkv[:, :, self.q_size : self.q_size + self.kv_size]
             value = qkv[:, :, self.q_size + self.kv_size :]
         else:
-            query, key, value = backend.qkv_projection(self.q_proj.kernel, hidden_states, self.q_proj, self.k_proj, self.v_proj)
+            kernel = "fused" if self.projections_fused else "matmul"
+            query, key, value = backend.qkv_projection(kernel, hidden_states, self.q_proj, self.k_proj, self.v_proj)
             if self.kernel == "fused":
                 output = self._fused(query, key, value, position_embeddings, attention_mask, past_key_values, cache_position)
                 return self.o_proj(output)
@@ -266,7 +285,7 @@ class Attention(nn.Cell):
 
     def block_fits(self, hidden_states, past_key_values, norm) -> bool:
         """Whether `block` serves these inputs: decoding rows over a static cache, every part on fused kernels."""
-        fused = self.kernel == "fused" and norm.kernel == "fused" and self.o_proj.kernel == "fused"
+        fused = self.kernel == "fused" and norm.kernel == "fused" and self.projections_fused
         static = past_key_values is not None and past_key_values.is_static
         return fused and static and backend.decoding_rows(hidden_states)
 
@@ -287,6 +306,12 @@ class Attention(nn.Cell):
         return backend.attention_block_inputs(hidden_states, residual, norm, projections, biases, self.o_proj, cos, sin,
                                               q_norm, k_norm, attention_mask, past_key_values, self.layer_idx,
                                               cache_position, self.kernel_config, self.unused)  # fmt: skip
+
+    def projections(self) -> tuple:
+        """The projection cells: (qkv_proj, o_proj) or (q_proj, k_proj, v_proj, o_proj)."""
+        if self.fused_qkv:
+            return self.qkv_proj, self.o_proj
+        return self.q_proj, self.k_proj, self.v_proj, self.o_proj
 
     def block_weights(self) -> tuple:
         """The weights of the block kernel in PackedWeights.ORDER (q to k_norm), None where this attention has none;
@@ -316,7 +341,7 @@ class Attention(nn.Cell):
                                        self.num_heads, self.num_kv_heads, self.head_dim)  # fmt: skip
 
 
-class GatedMLP(nn.Cell):
+class GatedMLP(HasProjections, nn.Cell):
     """down(act(gate(x)) * up(x)); the activation is named by the config field `activation_key`. `fused_gate_up`
     holds gate and up as one `gate_up_proj` (gate rows first: Phi-3's layout)."""
 
@@ -334,17 +359,28 @@ class GatedMLP(nn.Cell):
         activation = getattr(config, activation_key)
         self.act_fn = get_activation(activation)
         self.kernel = backend.mlp_kernel(activation, bias, _DEFAULTS["dtype"])
+        self.refresh_projections()
         self.kernel_config = backend.mlp_config(self.kernel, activation)
 
-    def construct(self, x):
+    def projections(self) -> tuple:
+        """The projection cells: (gate_up_proj, down_proj) or (gate_proj, up_proj, down_proj)."""
         if self.fused_gate_up:
-            return backend.mlp(self.kernel, x, self.gate_up_proj, None, self.down_proj, self.act_fn, self.kernel_config, True)
-        return backend.mlp(self.kernel, x, self.gate_proj, self.up_proj, self.down_proj, self.act_fn, self.kernel_config,
+            return self.gate_up_proj, self.down_proj
+        return self.gate_proj, self.up_proj, self.down_proj
+
+    def fused(self) -> bool:
+        return self.kernel == "fused" and self.projections_fused
+
+    def construct(self, x):
+        kernel = self.kernel if self.kernel != "fused" or self.fused() else "composed"
+        if self.fused_gate_up:
+            return backend.mlp(kernel, x, self.gate_up_proj, None, self.down_proj, self.act_fn, self.kernel_config, True)
+        return backend.mlp(kernel, x, self.gate_proj, self.up_proj, self.down_proj, self.act_fn, self.kernel_config,
                            False)  # fmt: skip
 
     def block_fits(self, x, norm) -> bool:
         """Whether the norm before this MLP and the MLP run as one fused kernel for `x` (decoding rows)."""
-        return self.kernel == "fused" and norm.kernel == "fused" and backend.decoding_rows(x)
+        return self.fused() and norm.kernel == "fused" and backend.decoding_rows(x)
 
     def block_weights(self) -> tuple:
         """(gate, up, down) weights, up None when gate and up are one packed projection."""

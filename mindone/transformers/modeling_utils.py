@@ -3,6 +3,7 @@
 Nothing here knows an architecture by name; models declare `config_class`, `base_model_prefix` and
 `_tied_weights_keys` exactly as in transformers."""
 
+import functools
 import json
 import logging
 import os
@@ -15,8 +16,10 @@ from transformers import AutoConfig, GenerationConfig
 from transformers.utils.hub import cached_file, convert_file_size_to_int
 
 from . import backend
-from .layers import init_parameter, parameter_defaults
+from .layers import Linear, init_parameter, parameter_defaults
 from .modeling_rope_utils import HOST_UPDATED_ROPE, rope_type_of
+from .quantization import Int4Groups, Int8Groups
+from .quantization.linear import QuantizedLinear
 from .safetensors_io import CheckpointError, iter_safetensors, write_safetensors
 
 logger = logging.getLogger(__name__)
@@ -150,7 +153,12 @@ class PreTrainedModel(nn.Cell):
 
     @property
     def dtype(self):
-        return next(iter(self.get_parameters())).dtype
+        """The dtype of the model's float parameters (quantized weights are stored in integer types)."""
+        return next(p.dtype for p in self.get_parameters() if p.dtype in (ms.float32, ms.float16, ms.bfloat16))
+
+    def get_memory_footprint(self, return_buffers: bool = True) -> int:
+        """Bytes of the model's parameters (transformers' method; this model keeps no buffers besides them)."""
+        return sum(p.size * _itemsize(p.dtype) for p in self.get_parameters())
 
     def num_parameters(self) -> int:
         return sum(int(np.prod(p.shape)) for p in self.get_parameters())
@@ -190,10 +198,15 @@ class PreTrainedModel(nn.Cell):
         dtype=None,
         mindspore_dtype=None,
         gguf_file: Optional[str] = None,
+        dequantize: bool = True,
         output_loading_info: bool = False,
         **kwargs,
     ):
+        """`dequantize=False` with a `gguf_file` keeps the file's quantized weights (linear layers become
+        quantization.linear.QuantizedLinear; block types without a quantized format are dequantized, with one
+        warning naming them); the default dequantizes everything, as transformers does."""
         path = str(pretrained_model_name_or_path)
+        check_dequantize(dequantize, gguf_file)
         if "torch_dtype" in kwargs:  # transformers' deprecated spelling of `dtype`
             dtype = kwargs.pop("torch_dtype") if dtype is None else dtype
         hub_kwargs = dict(
@@ -213,7 +226,8 @@ class PreTrainedModel(nn.Cell):
             config = config or checkpoint.config
             for key, value in kwargs.items():
                 setattr(config, key, value)
-            read_tensors, generation_config = checkpoint.tensors, checkpoint.generation_config
+            generation_config = checkpoint.generation_config
+            read_tensors = lambda names: checkpoint.tensors(names, frozenset() if dequantize else model.linear_weight_names())  # noqa: E731
         else:
             _check_location(path, hub_kwargs)
             if config is None:
@@ -229,6 +243,8 @@ class PreTrainedModel(nn.Cell):
         with parameter_defaults(ms_dtype, empty=True):
             model = cls(config, *model_args)
         info = model._load_tensors(read_tensors(list(model.state_dict())), path)
+        if gguf_file is not None and not dequantize:
+            _warn_dequantized(checkpoint)
         if generation_config is not None:
             model.generation_config = generation_config
         model.set_train(False)
@@ -268,16 +284,35 @@ class PreTrainedModel(nn.Cell):
                     f"weight '{name}' in '{path}' has shape {tuple(array.shape)} but the model expects "
                     f"{tuple(param.shape)}; the checkpoint does not match its config.json"
                 )
-            param.set_data(arena.tensor(param, array) if arena is not None else _to_tensor(array, param.dtype))
+            if isinstance(array, (Int8Groups, Int4Groups)):
+                self._quantize_linear(target, array)
+            else:
+                param.set_data(arena.tensor(param, array) if arena is not None else _to_tensor(array, param.dtype))
             del array  # a copied (cast) array is freed before the next tensor is read
             loaded.add(target)
         missing = [name for name in params if name not in loaded]
         for name in missing:
             init_parameter(params[name])
+        for _, cell in self.cells_and_names():
+            if hasattr(cell, "refresh_projections"):
+                cell.refresh_projections()
         if arena is not None:
             self._pack_layer_weights(arena)
         self._report_loading(path, missing, unexpected)
         return {"missing_keys": missing, "unexpected_keys": unexpected, "mismatched_keys": [], "error_msgs": []}
+
+    def linear_weight_names(self) -> frozenset:
+        """The state_dict names of the weights of Linear layers: the ones a quantized checkpoint may keep quantized."""
+        names = {f"{prefix}.weight" for prefix, cell in self.cells_and_names() if isinstance(cell, Linear)}
+        return frozenset(names & set(self.state_dict()))
+
+    def _quantize_linear(self, weight_name: str, weight) -> None:
+        """Replaces the Linear that owns `weight_name` with a QuantizedLinear holding `weight` (and its bias)."""
+        path = weight_name.rpartition(".")[0]
+        parent_path, _, attribute = path.rpartition(".")
+        parent = functools.reduce(getattr, parent_path.split("."), self) if parent_path else self
+        linear = getattr(parent, attribute)
+        setattr(parent, attribute, QuantizedLinear(weight, linear.bias, self.dtype))
 
     def _pack_layer_weights(self, arena: "WeightArena") -> None:
         """Layers that can read all their weights from one buffer (a `pack_weights` method) get their slice of the
@@ -325,6 +360,12 @@ class PreTrainedModel(nn.Cell):
             raise ValueError("only safetensors checkpoints are written (pickles are never used): keep safe_serialization=True")
         if os.path.isfile(save_directory):
             raise OSError(f"save_directory '{save_directory}' is a file; pass a directory path")
+        quantized = [name for name, cell in self.cells_and_names() if isinstance(cell, QuantizedLinear)]
+        if quantized:
+            raise NotImplementedError(
+                f"save_pretrained cannot write quantized layers yet ({len(quantized)}, e.g. {quantized[0]}): load the "
+                "checkpoint with dequantize=True to save float weights, or keep using its GGUF file"
+            )
         os.makedirs(save_directory, exist_ok=True)
         self.config.architectures = [type(self).__name__]
         self.config.dtype = _DTYPE_NAMES[self.dtype]
@@ -383,6 +424,18 @@ class WeightArena:
         nptype = np.dtype(ms.dtype_to_nptype(params[0].dtype))
         offsets = [(self.base + self.slots[id(p)] - start) // itemsize for p in params]
         return ms.from_numpy(self.buffer[start:end].view(nptype)), offsets
+
+
+def check_dequantize(dequantize: bool, gguf_file) -> None:
+    if not dequantize and gguf_file is None:
+        raise ValueError("dequantize=False keeps a GGUF file's quantized weights; pass gguf_file=... as well")
+
+
+def _warn_dequantized(checkpoint) -> None:
+    counts = getattr(checkpoint, "dequantized_types", None)
+    if counts:
+        kinds = ", ".join(f"{kind} ({n} tensors)" for kind, n in sorted(counts.items()))
+        logger.warning(f"GGUF block types without a quantized format here were dequantized to float: {kinds}")
 
 
 def _itemsize(dtype) -> int:

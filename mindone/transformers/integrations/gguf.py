@@ -2,6 +2,7 @@
 
 This module does not import MindSpore or torch, so the PyTorch parity script can use its tokenizer too."""
 
+import collections
 import functools
 import os
 
@@ -13,6 +14,8 @@ from tokenizers.models import BPE
 from transformers import AutoConfig, PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import generate_merges
 from transformers.integrations.ggml import GGUF_CONFIG_MAPPING, GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
+
+from ..quantization import SUPPORTED_GGUF_TYPES, from_gguf
 
 _NORMAL, _CONTROL, _USER_DEFINED = 1, 3, 4  # llama.cpp token types
 _ARCH_BY_NAME = {name: arch for arch, name in gguf.MODEL_ARCH_NAMES.items()}
@@ -45,6 +48,8 @@ def _unshift_norm(name: str, weights: np.ndarray, config) -> np.ndarray:
     """Gemma's RMSNorm multiplies by (1 + w); llama.cpp stores 1 + w, the model holds w."""
     return weights - 1 if name.endswith("norm.weight") else weights
 
+
+_FLOAT_TYPES = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.BF16)
 
 # llama.cpp's changes to the tensors of an architecture, undone per tensor (transformers' TensorProcessor classes)
 _TENSOR_FIXES = {"llama": _unpermute_qk, "gemma": _unshift_norm, "gemma2": _unshift_norm, "gemma3": _unshift_norm}
@@ -109,19 +114,30 @@ class GGUFCheckpoint:
 
     generation_config = None  # GenerationConfig.from_model_config(config) already carries bos/eos/pad
 
-    def tensors(self, names):
-        """Yields (Hugging Face name, float32 array) for each of `names` the file holds."""
+    def tensors(self, names, quantized=frozenset()):
+        """Yields (Hugging Face name, float32 array) for each of `names` the file holds; the names in `quantized`
+        come as quantization.QuantizedWeight where their block type has a quantized format (the others are
+        dequantized and listed in `dequantized_types`)."""
         name_map = gguf.get_tensor_name_map(_ARCH_BY_NAME[self.architecture], self.config.num_hidden_layers)
         by_gguf_name = {t.name: t for t in self.tensor_infos}
-        fix = _TENSOR_FIXES.get(self.architecture)
+        fix = _TENSOR_FIXES.get(self.architecture) or (lambda name, weights, config: weights)
+        self.dequantized_types = collections.Counter()
         for name in names:
             stem, _, suffix = name.rpartition(".")
             gguf_stem = name_map.get_name(stem)
             tensor = by_gguf_name.get(f"{gguf_stem}.{suffix}") if gguf_stem else None
-            if tensor is not None:
-                weights = dequantize(self._read(tensor), tensor.tensor_type)
-                yield name, fix(name, weights, self.config) if fix else weights
-                del weights  # not kept alive while the next tensor is dequantized
+            if tensor is None:
+                continue
+            raw = self._read(tensor)
+            if name in quantized and tensor.tensor_type in SUPPORTED_GGUF_TYPES:
+                weight = from_gguf(raw, tensor.tensor_type, (raw.shape[0], int(tensor.shape[0])))
+                yield name, weight.map_rows(lambda rows: fix(name, rows, self.config))
+                continue
+            if name in quantized and tensor.tensor_type not in _FLOAT_TYPES:
+                self.dequantized_types[tensor.tensor_type.name] += 1
+            weights = dequantize(raw, tensor.tensor_type)
+            yield name, fix(name, weights, self.config)
+            del weights  # not kept alive while the next tensor is dequantized
 
     def _read(self, tensor) -> np.ndarray:
         """The tensor's stored bytes, read from the file rather than through the reader's memory map: pages of a

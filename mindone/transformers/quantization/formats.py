@@ -33,6 +33,10 @@ class Int8Groups:
     def dequantize(self) -> np.ndarray:
         return np.repeat(self.scales, self.group, axis=-1) * self.values.astype(np.float32)
 
+    def map_rows(self, fn) -> "Int8Groups":
+        """The same weight with `fn` (a reordering of rows) applied to every row-indexed array."""
+        return Int8Groups(fn(self.values), fn(self.scales), self.group)
+
     @property
     def nbytes(self) -> int:
         return self.values.nbytes + self.scales.nbytes
@@ -47,6 +51,9 @@ class Int4Groups:
     @property
     def shape(self) -> tuple:
         return self.packed.shape[0], self.packed.shape[1] * 2
+
+    def map_rows(self, fn) -> "Int4Groups":
+        return Int4Groups(fn(self.packed), fn(self.scales), fn(self.offsets))
 
     def dequantize(self) -> np.ndarray:
         q = unpack4(self.packed).astype(np.float32)

@@ -50,9 +50,10 @@ class _AutoModel:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        from ...modeling_utils import _check_location, load_config
+        from ...modeling_utils import _check_location, check_dequantize, load_config
 
         path = str(pretrained_model_name_or_path)
+        check_dequantize(kwargs.get("dequantize", True), kwargs.get("gguf_file"))
         config = kwargs.pop("config", None)
         if config is None and kwargs.get("gguf_file") is not None:
             from ...integrations.gguf import open_gguf
@@ -69,7 +70,7 @@ class _AutoModel:
 
 
 # loading arguments of PreTrainedModel.from_pretrained; everything else goes to the config (as in transformers)
-_MODEL_ARGS = ("dtype", "mindspore_dtype", "torch_dtype", "gguf_file", "output_loading_info")
+_MODEL_ARGS = ("dtype", "mindspore_dtype", "torch_dtype", "gguf_file", "dequantize", "output_loading_info")
 
 
 class AutoModel(_AutoModel):
