@@ -23,6 +23,6 @@ def test_generation_guide_snippets_run(smollm2_dir):
     assert _run_snippets("docs/generation.md", smollm2_dir) >= 10
 
 
-@pytest.mark.parametrize("page", ["docs/quickstart.md", "README.md"])
+@pytest.mark.parametrize("page", ["docs/quickstart.md", "README.md", "docs/quantization.md"])
 def test_quickstart_snippets_run(smollm2_dir, page):
     assert _run_snippets(page, smollm2_dir) >= 1
