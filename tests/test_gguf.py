@@ -83,16 +83,18 @@ def _greedy(model, ids, mask, cache):
 
 
 def test_smollm2_kept_quantized_generates_the_dequantized_tokens(smollm2_gguf):
-    """SmolLM2's Q4_1 projections stay 4-bit: the same greedy tokens as the file dequantized to float32, for one
-    chat prompt and for a left-padded batch, op by op and compiled; its parameters take a third of the memory."""
+    """SmolLM2's Q4_1 projections stay 4-bit and its Q8_0 embedding table (the tied LM head) int8: the same greedy
+    tokens as the file dequantized to float32, for one chat prompt and for a left-padded batch, op by op and
+    compiled; its parameters take at most 0.30x the memory (issue 14's target)."""
     from helpers import left_padded
 
-    from mindone.transformers.quantization.linear import QuantizedLinear
+    from mindone.transformers.quantization.linear import QuantizedEmbedding, QuantizedLinear
 
     directory, name = os.path.split(smollm2_gguf)
     kept = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dequantize=False)
     twin = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name)
-    assert sum(isinstance(cell, QuantizedLinear) for _, cell in kept.cells_and_names()) == 210
+    assert sum(isinstance(cell, QuantizedLinear) for _, cell in kept.cells_and_names()) == 210 + 1  # and lm_head
+    assert isinstance(kept.get_input_embeddings(), QuantizedEmbedding)
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
     chat = [{"role": "user", "content": "What is the capital of France?"}]
     single = np.array([tokenizer.apply_chat_template(chat, add_generation_prompt=True)], np.int64)
@@ -100,7 +102,7 @@ def test_smollm2_kept_quantized_generates_the_dequantized_tokens(smollm2_gguf):
     for ids, attention in ((single, np.ones_like(single)), (batch, mask)):
         for cache in (None, "static"):
             assert np.array_equal(_greedy(kept, ids, attention, cache), _greedy(twin, ids, attention, cache)), cache
-    assert kept.get_memory_footprint() < 0.40 * twin.get_memory_footprint()
+    assert kept.get_memory_footprint() <= 0.30 * twin.get_memory_footprint()
 
 
 def test_quantized_models_refuse_to_save_and_dequantize_false_needs_a_gguf(smollm2_gguf, tmp_path):

@@ -84,7 +84,7 @@ QUANT_TYPES = (gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.Q4_1, g
 
 def write_gguf(path, model, arch: str, vocab: dict, quantize: bool = False) -> str:
     """What convert_hf_to_gguf.py writes for these architectures, with F32 tensors; with `quantize`, the linear
-    weights whose rows hold whole 32-value blocks are stored as Q8_0, Q4_1 and Q4_0 in turn."""
+    and embedding weights whose rows hold whole 32-value blocks are stored as Q8_0, Q4_1 and Q4_0 in turn."""
     c, writer = model.config, gguf.GGUFWriter(str(path), arch)
     writer.add_context_length(c.max_position_embeddings)
     writer.add_embedding_length(c.hidden_size)
@@ -133,7 +133,8 @@ def write_gguf(path, model, arch: str, vocab: dict, quantize: bool = False) -> s
             heads = c.num_attention_heads if "q_proj" in name else c.num_key_value_heads
             data = data.reshape(heads, 2, -1, data.shape[1]).swapaxes(1, 2).reshape(data.shape)  # llama.cpp's permute
         gguf_name = name_map.get_name(name, try_suffixes=(".weight", ".bias"))
-        if quantize and "proj" in name and data.ndim == 2 and data.shape[1] % 32 == 0:
+        linear = "proj" in name or "embed_tokens" in name or name == "lm_head.weight"
+        if quantize and linear and data.ndim == 2 and data.shape[1] % 32 == 0:
             qtype = QUANT_TYPES[len(writer.tensors[0]) % len(QUANT_TYPES)]
             writer.add_tensor(gguf_name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
         else:
@@ -204,11 +205,12 @@ def test_model_from_gguf_matches_pytorch(written):
 
 
 def test_model_kept_quantized_equals_its_dequantized_twin(written, tmp_path):
-    """dequantize=False keeps Q8_0 / Q4_1 / Q4_0 linear weights quantized: the same logits as the same file
-    dequantized, to float32 rounding, and the same greedy tokens on the PyNative and the compiled path."""
+    """dequantize=False keeps Q8_0 / Q4_1 / Q4_0 linear and embedding weights quantized (a tied LM head shares
+    the table): the same logits as the same file dequantized, to float32 rounding, and the same greedy tokens on
+    the PyNative and the compiled path."""
     import mindspore as ms
 
-    from mindone.transformers.quantization.linear import QuantizedLinear
+    from mindone.transformers.quantization.linear import QuantizedEmbedding, QuantizedLinear
 
     arch, model, _ = written
     path = write_gguf(tmp_path / "tiny-q.gguf", model, arch, tiny_model(arch)[1], quantize=True)
@@ -216,6 +218,9 @@ def test_model_kept_quantized_equals_its_dequantized_twin(written, tmp_path):
     twin = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path)
     quantized = [cell for _, cell in kept.cells_and_names() if isinstance(cell, QuantizedLinear)]
     assert len(quantized) >= model.config.num_hidden_layers * 4 and {c.bits for c in quantized} == {4, 8}
+    assert isinstance(kept.get_input_embeddings(), QuantizedEmbedding) and isinstance(kept.lm_head, QuantizedLinear)
+    if model.config.tie_word_embeddings:
+        assert kept.lm_head.weight_scales is kept.get_input_embeddings().weight_scales
     ids = ms.Tensor(random_ids(2, 12, model.config.vocab_size, seed=4))
     assert np.abs(kept(input_ids=ids).logits.asnumpy() - twin(input_ids=ids).logits.asnumpy()).max() < 1e-4
     for cache in (None, "static"):

@@ -68,17 +68,20 @@ def attention(query, key, value, attention_mask, scaling: float, softcap=None):
     return output.reshape(batch, heads, seq, head_dim).swapaxes(1, 2)
 
 
-def dequantize(cell) -> ms.Tensor:
-    """The float32 weight [N, K] of a quantization.QuantizedLinear: scale * q for int8, scale * q + offset for 4-bit
-    (a group's 16 bytes hold values 0-15 in their low nibbles, 16-31 in their high ones), rounded as the kernels."""
+def dequantize(cell, ids=None) -> ms.Tensor:
+    """The float32 weight [N, K] of a quantization.linear.QuantizedCell, or only its rows `ids` ([..., K]):
+    scale * q for int8, scale * q + offset for 4-bit (a group's 16 bytes hold values 0-15 in their low nibbles,
+    16-31 in their high ones), rounded as the kernels round them."""
+    def rows(param):
+        return param if ids is None else ops.gather(param, ids, 0)
+
+    scales = rows(cell.weight_scales)
+    lead, groups = scales.shape[:-1], scales.shape[-1]
+    scales = scales.reshape(-1, groups, 1)
     if cell.bits == 8:
-        values = cell.weight_values.astype(ms.float32)
-        rows, cols = values.shape
-        scales = cell.weight_scales.reshape(rows, -1, 1)
-        return (values.reshape(rows, scales.shape[1], -1) * scales).reshape(rows, cols)
-    packed = cell.weight_packed.astype(ms.int32)
-    rows, groups = packed.shape[0], cell.weight_scales.shape[1]
-    halves = packed.reshape(rows, groups, 1, 16)
-    q = ops.concat([halves % 16, halves // 16], 2).astype(ms.float32).reshape(rows, groups, 32)
-    weight = q * cell.weight_scales.reshape(rows, groups, 1) + cell.weight_offsets.reshape(rows, groups, 1)
-    return weight.reshape(rows, groups * 32)
+        values = rows(cell.weight_values).astype(ms.float32).reshape(-1, groups, cell.group)
+        return (values * scales).reshape(*lead, groups * cell.group)
+    halves = rows(cell.weight_packed).astype(ms.int32).reshape(-1, groups, 1, 16)
+    q = ops.concat([halves % 16, halves // 16], 2).astype(ms.float32).reshape(-1, groups, 32)
+    offsets = rows(cell.weight_offsets).reshape(-1, groups, 1)
+    return (q * scales + offsets).reshape(*lead, groups * 32)

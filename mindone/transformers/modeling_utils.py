@@ -16,10 +16,10 @@ from transformers import AutoConfig, GenerationConfig
 from transformers.utils.hub import cached_file, convert_file_size_to_int
 
 from . import backend
-from .layers import Linear, init_parameter, parameter_defaults
+from .layers import Embedding, Linear, init_parameter, parameter_defaults
 from .modeling_rope_utils import HOST_UPDATED_ROPE, rope_type_of
 from .quantization import Int4Groups, Int8Groups
-from .quantization.linear import QuantizedLinear
+from .quantization.linear import QuantizedCell, QuantizedEmbedding, QuantizedLinear
 from .safetensors_io import CheckpointError, iter_safetensors, write_safetensors
 
 logger = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ class PreTrainedModel(nn.Cell):
             for key, value in kwargs.items():
                 setattr(config, key, value)
             generation_config = checkpoint.generation_config
-            read_tensors = lambda names: checkpoint.tensors(names, frozenset() if dequantize else model.linear_weight_names())  # noqa: E731
+            read_tensors = lambda names: checkpoint.tensors(names, frozenset() if dequantize else model.quantizable_weight_names())  # noqa: E731
         else:
             _check_location(path, hub_kwargs)
             if config is None:
@@ -285,7 +285,7 @@ class PreTrainedModel(nn.Cell):
                     f"{tuple(param.shape)}; the checkpoint does not match its config.json"
                 )
             if isinstance(array, (Int8Groups, Int4Groups)):
-                self._quantize_linear(target, array)
+                self._quantize_cell(target, array)
             else:
                 param.set_data(arena.tensor(param, array) if arena is not None else _to_tensor(array, param.dtype))
             del array  # a copied (cast) array is freed before the next tensor is read
@@ -301,18 +301,28 @@ class PreTrainedModel(nn.Cell):
         self._report_loading(path, missing, unexpected)
         return {"missing_keys": missing, "unexpected_keys": unexpected, "mismatched_keys": [], "error_msgs": []}
 
-    def linear_weight_names(self) -> frozenset:
-        """The state_dict names of the weights of Linear layers: the ones a quantized checkpoint may keep quantized."""
-        names = {f"{prefix}.weight" for prefix, cell in self.cells_and_names() if isinstance(cell, Linear)}
+    def quantizable_weight_names(self) -> frozenset:
+        """The state_dict names of the weights of Linear and Embedding layers: those a quantized checkpoint may keep
+        quantized."""
+        cells = (Linear, Embedding)
+        names = {f"{prefix}.weight" for prefix, cell in self.cells_and_names() if isinstance(cell, cells)}
         return frozenset(names & set(self.state_dict()))
 
-    def _quantize_linear(self, weight_name: str, weight) -> None:
-        """Replaces the Linear that owns `weight_name` with a QuantizedLinear holding `weight` (and its bias)."""
+    def _quantize_cell(self, weight_name: str, weight) -> None:
+        """Replaces the Linear or Embedding that owns `weight_name` with its quantized form holding `weight`; a
+        tied LM head follows its embedding table."""
         path = weight_name.rpartition(".")[0]
         parent_path, _, attribute = path.rpartition(".")
         parent = functools.reduce(getattr, parent_path.split("."), self) if parent_path else self
-        linear = getattr(parent, attribute)
-        setattr(parent, attribute, QuantizedLinear(weight, linear.bias, self.dtype))
+        cell = getattr(parent, attribute)
+        if isinstance(cell, Embedding):
+            ties = self._ties_embeddings() and cell is self.get_input_embeddings() and self.get_output_embeddings() is not None
+            quantized = QuantizedEmbedding(weight, self.dtype)
+            setattr(parent, attribute, quantized)
+            if ties:
+                self.lm_head = QuantizedLinear(None, None, self.dtype, tied_to=quantized)
+        else:
+            setattr(parent, attribute, QuantizedLinear(weight, cell.bias, self.dtype))
 
     def _pack_layer_weights(self, arena: "WeightArena") -> None:
         """Layers that can read all their weights from one buffer (a `pack_weights` method) get their slice of the
@@ -360,7 +370,7 @@ class PreTrainedModel(nn.Cell):
             raise ValueError("only safetensors checkpoints are written (pickles are never used): keep safe_serialization=True")
         if os.path.isfile(save_directory):
             raise OSError(f"save_directory '{save_directory}' is a file; pass a directory path")
-        quantized = [name for name, cell in self.cells_and_names() if isinstance(cell, QuantizedLinear)]
+        quantized = [name for name, cell in self.cells_and_names() if isinstance(cell, QuantizedCell)]
         if quantized:
             raise NotImplementedError(
                 f"save_pretrained cannot write quantized layers yet ({len(quantized)}, e.g. {quantized[0]}): load the "
