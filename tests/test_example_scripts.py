@@ -35,3 +35,24 @@ def test_parity_scripts_agree_on_architecture(model_type, smollm2_dir, tmp_path)
                             capture_output=True, text=True, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "row 0: identical" in result.stdout and "row 1: identical" in result.stdout
+
+
+def test_generate_py_keeps_a_gguf_quantized_with_the_same_tokens(smollm2_gguf, tmp_path):
+    """generate.py --keep_quantized generates the tokens of the same file dequantized; the PyTorch script refuses
+    the flag."""
+    import json
+
+    directory, name = os.path.split(smollm2_gguf)
+    args = ["--model_name_or_path", directory, "--gguf_file", name, "--chat", "--prompt", "What is the capital of France?",
+            "--max_new_tokens", "16"]  # fmt: skip
+    outputs = []
+    for extra in ([], ["--keep_quantized"]):
+        out = tmp_path / f"out{len(outputs)}.json"
+        result = subprocess.run([sys.executable, os.path.join(EXAMPLES, "generate.py"), *args, *extra, "--output_json",
+                                 str(out)], capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs.append([row["output_ids"] for row in json.loads(out.read_text())["rows"]])
+    assert len(outputs[0][0]) > 16 and outputs[0] == outputs[1]
+    refused = subprocess.run([sys.executable, os.path.join(EXAMPLES, "generate_pt.py"), *args, "--keep_quantized"],
+                             capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert refused.returncode == 2 and "--keep_quantized is for generate.py" in refused.stderr

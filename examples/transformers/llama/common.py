@@ -17,6 +17,8 @@ def parse_args(framework: str, argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=f"Generate text with a causal LM on {framework}.")
     parser.add_argument("--model_name_or_path", default=DEFAULT_MODEL, help="model directory or Hub repo id")
     parser.add_argument("--gguf_file", default=None, help="a .gguf file (path, or name inside the model directory)")
+    parser.add_argument("--keep_quantized", action="store_true",
+                        help="MindSpore only: keep the GGUF file's quantized weights (from_pretrained dequantize=False)")
     parser.add_argument("--prompt", action="append", help="repeat for a left-padded batch")
     parser.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
     parser.add_argument("--messages_json", default=None,
@@ -35,6 +37,10 @@ def parse_args(framework: str, argv=None) -> argparse.Namespace:
     parser.add_argument("--output_json", default=None, help="also write ids, texts and prompt logits (.npz beside it)")
     args = parser.parse_args(argv)
     args.prompt = args.prompt or [DEFAULT_PROMPT]
+    if args.keep_quantized and args.gguf_file is None:
+        parser.error("--keep_quantized keeps a GGUF file's quantized weights: pass --gguf_file as well")
+    if args.keep_quantized and framework != "MindSpore":
+        parser.error(f"--keep_quantized is for generate.py (MindSpore); {framework} runs the weights dequantized")
     if args.gguf_file is None and not os.path.exists(args.model_name_or_path) and args.model_name_or_path == DEFAULT_MODEL:
         parser.error(f"{DEFAULT_MODEL} does not exist yet: run `make model` (or `make demo`) first")
     return args

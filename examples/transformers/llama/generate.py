@@ -18,7 +18,8 @@ def main(argv=None):
     args = parse_args("MindSpore", argv)
     ms.set_device("CPU" if ms.get_context("device_target") == "CPU" else ms.get_context("device_target"))
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path, gguf_file=args.gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, gguf_file=args.gguf_file, dtype=args.dtype)
+    model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, gguf_file=args.gguf_file, dtype=args.dtype,
+                                                 dequantize=not args.keep_quantized)  # fmt: skip
     texts, ids, mask = encode_prompts(tokenizer, args)
     input_ids, attention_mask = ms.Tensor(ids), ms.Tensor(mask)
     prompt_logits = None
