@@ -255,3 +255,18 @@ def test_graph_mode_falls_back_for_longrope(smollm2_dir, tmp_path, capsys):
     assert "longrope rope scaling recomputes frequencies on the host" in capsys.readouterr().err
     rows = read_jsonl(outputs["graph"])
     assert rows == read_jsonl(outputs["pynative"]) and all("error" not in row for row in rows)
+
+
+@pytest.mark.slow
+def test_a_gguf_kept_quantized_gives_the_dequantized_rows(smollm2_gguf, tmp_path, capsys):
+    """--keep_quantized runs SmolLM2's GGUF with its Q4_1 / Q8_0 weights: the rows of the same file dequantized."""
+    directory, name = os.path.split(smollm2_gguf)
+    input_path = write_jsonl(tmp_path / "in.jsonl", prompt_rows(5))
+    outputs = {flag: str(tmp_path / f"out{len(flag)}.jsonl") for flag in ((), ("--keep_quantized",))}
+    for flags, output in outputs.items():
+        assert run_job(directory, input_path, output, "--gguf_file", name, "--max_new_tokens", "12", *flags) == 0
+    rows = [read_jsonl(path) for path in outputs.values()]
+    assert rows[0] == rows[1] and all("error" not in row for row in rows[0])
+    with pytest.raises(SystemExit):
+        run_job(directory, input_path, str(tmp_path / "bad.jsonl"), "--keep_quantized")
+    assert "pass --gguf_file as well" in capsys.readouterr().err

@@ -29,6 +29,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="mindone-generate", description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="model directory (or a directory holding --gguf_file)")
     parser.add_argument("--gguf_file", default=None, help="a .gguf file: a path, or a name inside --model")
+    parser.add_argument("--keep_quantized", action="store_true",
+                        help="keep the --gguf_file's quantized weights (docs/quantization.md) instead of dequantizing")
     parser.add_argument("--input", help="JSONL: {\"id\", \"prompt\"} or {\"id\", \"messages\"}, optional \"generation\"")
     parser.add_argument("--output", required=True, help="JSONL results; an existing file is resumed, not overwritten")
     parser.add_argument("--max_batch_size", type=int, default=8)
@@ -47,6 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--model and --input are required (unless --merge)")
     if args.max_batch_size < 1:
         parser.error("--max_batch_size must be at least 1")
+    if args.keep_quantized and args.gguf_file is None:
+        parser.error("--keep_quantized keeps a GGUF file's quantized weights: pass --gguf_file as well")
     return args
 
 
@@ -68,7 +72,8 @@ def load(args):
     from ..models.auto import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(args.model, gguf_file=args.gguf_file, dtype=getattr(ms, args.dtype))
+        model = AutoModelForCausalLM.from_pretrained(args.model, gguf_file=args.gguf_file, dtype=getattr(ms, args.dtype),
+                                                     dequantize=not args.keep_quantized)  # fmt: skip
         tokenizer = AutoTokenizer.from_pretrained(args.model, gguf_file=args.gguf_file)
     except (OSError, ValueError, KeyError) as err:
         raise SystemExit(f"error: cannot load model {args.model!r}: {str(err).splitlines()[0]}") from None
