@@ -21,6 +21,16 @@ Shape with_last(Shape shape, int64_t last) {
 }  // namespace
 
 #define MK_INFER __attribute__((visibility("default")))
+// Two outputs shaped like input 0 (a residual stream and a result of the same width).
+#define MK_TWO_LIKE_INPUT0(kernel)                                                        \
+  extern "C" MK_INFER Shapes kernel##InferShape(int *ndims, int64_t **shapes, AotExtra *) { \
+    return Shapes(2, shape_of(ndims, shapes, 0));                                         \
+  }
+// x [..., K] against the weight rows of input 1 ([N, ...]) -> [..., N]
+#define MK_ROWS_OF_INPUT1(kernel)                                                        \
+  extern "C" MK_INFER Shape kernel##InferShape(int *ndims, int64_t **shapes, AotExtra *) { \
+    return with_last(shape_of(ndims, shapes, 0), shapes[1][0]);                          \
+  }
 #define MK_SAME_TYPE(kernel) \
   extern "C" MK_INFER TypeId kernel##InferType(std::vector<TypeId> types, AotExtra *) { return types[0]; }
 #define MK_SAME_TYPES(kernel, outputs)                                                     \
@@ -31,19 +41,6 @@ Shape with_last(Shape shape, int64_t last) {
 extern "C" {
 MK_INFER Shape RmsNormInferShape(int *ndims, int64_t **shapes, AotExtra *) { return shape_of(ndims, shapes, 0); }
 MK_INFER Shape LayerNormInferShape(int *ndims, int64_t **shapes, AotExtra *) { return shape_of(ndims, shapes, 0); }
-MK_INFER Shapes AddRmsNormInferShape(int *ndims, int64_t **shapes, AotExtra *) {
-  return Shapes(2, shape_of(ndims, shapes, 0));
-}
-MK_INFER Shapes AddLayerNormInferShape(int *ndims, int64_t **shapes, AotExtra *) {
-  return Shapes(2, shape_of(ndims, shapes, 0));
-}
-// x [..., K], weight [N, K] -> [..., N]
-MK_INFER Shape LinearInferShape(int *ndims, int64_t **shapes, AotExtra *) {
-  return with_last(shape_of(ndims, shapes, 0), shapes[1][0]);
-}
-MK_INFER Shape LinearBiasInferShape(int *ndims, int64_t **shapes, AotExtra *) {
-  return with_last(shape_of(ndims, shapes, 0), shapes[1][0]);
-}
 // q [B, S, H * D] -> the same
 MK_INFER Shape CachedAttentionInferShape(int *ndims, int64_t **shapes, AotExtra *) {
   return shape_of(ndims, shapes, 0);
@@ -81,28 +78,21 @@ MK_INFER Shapes MlpBlockPackedInferShape(int *ndims, int64_t **shapes, AotExtra 
   Shape x = shape_of(ndims, shapes, 0);
   return Shapes{x, with_last(x, shapes[5][0])};
 }
-// a decoder layer's (residual stream, MLP output): both hidden's shape
-MK_INFER Shapes DecoderLayerInferShape(int *ndims, int64_t **shapes, AotExtra *) {
-  return Shapes(2, shape_of(ndims, shapes, 0));
-}
-MK_INFER Shapes DecoderLayerPackedInferShape(int *ndims, int64_t **shapes, AotExtra *) {
-  return Shapes(2, shape_of(ndims, shapes, 0));
-}
-MK_INFER Shapes WeightsLayerInferShape(int *ndims, int64_t **shapes, AotExtra *) {
-  return Shapes(2, shape_of(ndims, shapes, 0));
-}
-// x [..., K] against quantized weight rows (input 1: [N, ...]) -> [..., N]
-MK_INFER Shape QLinear8InferShape(int *ndims, int64_t **shapes, AotExtra *) {
-  return with_last(shape_of(ndims, shapes, 0), shapes[1][0]);
-}
-MK_INFER Shape QLinear4InferShape(int *ndims, int64_t **shapes, AotExtra *) {
-  return with_last(shape_of(ndims, shapes, 0), shapes[1][0]);
-}
 MK_INFER Shapes RopeQkInferShape(int *ndims, int64_t **shapes, AotExtra *) {
   return Shapes{shape_of(ndims, shapes, 0), shape_of(ndims, shapes, 1)};
 }
 MK_INFER Shape AttentionInferShape(int *ndims, int64_t **shapes, AotExtra *) { return shape_of(ndims, shapes, 0); }
 }
+
+MK_TWO_LIKE_INPUT0(AddRmsNorm)
+MK_TWO_LIKE_INPUT0(AddLayerNorm)
+MK_TWO_LIKE_INPUT0(DecoderLayer)  // (residual stream, MLP output)
+MK_TWO_LIKE_INPUT0(DecoderLayerPacked)
+MK_TWO_LIKE_INPUT0(WeightsLayer)
+MK_ROWS_OF_INPUT1(Linear)
+MK_ROWS_OF_INPUT1(LinearBias)
+MK_ROWS_OF_INPUT1(QLinear8)
+MK_ROWS_OF_INPUT1(QLinear4)
 
 MK_SAME_TYPE(RmsNorm)
 MK_SAME_TYPE(LayerNorm)
