@@ -199,9 +199,7 @@ def mlp(kernel: str, x, gate, up, down, act_fn, act_config, packed: bool):
     cell `gate` holds gate and up (gate rows first, Phi-3's gate_up_proj) and `up` is None. Decoding rows run as one
     fused kernel."""
     if kernel == "fused" and decoding_rows(x):
-        if packed:
-            return kernels.MLP_PACKED(x, gate.weight, down.weight, act_config)
-        return kernels.MLP(x, gate.weight, up.weight, down.weight, act_config)
+        return (kernels.MLP_PACKED if packed else kernels.MLP)(x, *_mlp_weights(gate, up, down, packed), act_config)
     if packed:
         both = gate(x)
         if kernel == "swiglu":
@@ -296,11 +294,8 @@ def attention_block(inputs: tuple):
 def decoder_layer(attention_inputs: tuple, norm, gate, up, down, act_config, packed: bool):
     """A whole pre-norm layer for decoding rows in one kernel: the attention block, then the MLP block over its
     outputs; returns (the residual stream after the attention, the MLP's output). `packed` as in `mlp`."""
-    if packed:
-        return kernels.DECODER_LAYER_PACKED(*attention_inputs, norm.weight, norm.kernel_config, gate.weight, down.weight,
-                                            act_config)  # fmt: skip
-    return kernels.DECODER_LAYER(*attention_inputs, norm.weight, norm.kernel_config, gate.weight, up.weight, down.weight,
-                                 act_config)  # fmt: skip
+    kernel = kernels.DECODER_LAYER_PACKED if packed else kernels.DECODER_LAYER
+    return kernel(*attention_inputs, norm.weight, norm.kernel_config, *_mlp_weights(gate, up, down, packed), act_config)
 
 
 def weights_layer(hidden, residual, packed, input_norm, post_norm, act_config, attention_config, cos, sin, mask, cache,
@@ -315,9 +310,13 @@ def weights_layer(hidden, residual, packed, input_norm, post_norm, act_config, a
 
 def mlp_block(x, residual, norm, gate, up, down, act_config, packed: bool):
     """(x + residual, the MLP of norm(x + residual)) for decoding rows, in one kernel; `packed` as in `mlp`."""
-    if packed:
-        return kernels.MLP_BLOCK_PACKED(x, residual, norm.weight, norm.kernel_config, gate.weight, down.weight, act_config)
-    return kernels.MLP_BLOCK(x, residual, norm.weight, norm.kernel_config, gate.weight, up.weight, down.weight, act_config)
+    kernel = kernels.MLP_BLOCK_PACKED if packed else kernels.MLP_BLOCK
+    return kernel(x, residual, norm.weight, norm.kernel_config, *_mlp_weights(gate, up, down, packed), act_config)
+
+
+def _mlp_weights(gate, up, down, packed: bool) -> tuple:
+    """The weight inputs of the MLP kernels: (gate_up, down) when packed, else (gate, up, down)."""
+    return (gate.weight, down.weight) if packed else (gate.weight, up.weight, down.weight)
 
 
 def flash_attention(query, key, value, attention_mask, scaling: float):

@@ -12,7 +12,7 @@ from . import backend
 from .backend import arange
 from .cache_utils import DynamicCache
 from .generation import GenerationMixin
-from .layers import Attention, Embedding, GatedMLP, Linear, PackedWeights, RMSNorm, RotaryEmbedding, all_fused
+from .layers import Attention, Embedding, GatedMLP, Linear, PackedWeights, RMSNorm, RotaryEmbedding
 from .masking_utils import causal_mask
 from .modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from .modeling_utils import PreTrainedModel
@@ -75,8 +75,8 @@ class DecoderLayer(nn.Cell):
         """Read all weights from one buffer (PackedWeights) where the whole layer runs as one fused kernel."""
         attention, mlp = self.self_attn, self.mlp
         norms = (self.input_layernorm, self.post_attention_layernorm)
-        fused = attention.kernel == "fused" and mlp.fused() and all(n.kernel == "fused" for n in norms)
-        if not fused or not all_fused(*attention.projections()):
+        fused = attention.kernel == "fused" and attention.projections_fused and mlp.fused()
+        if not fused or not all(n.kernel == "fused" for n in norms):
             return
         weights = (self.input_layernorm.weight,) + attention.block_weights() + (self.post_attention_layernorm.weight,)
         packed = PackedWeights.of(weights + mlp.block_weights(), arena, f"packed_layer_weights.{attention.layer_idx}")
