@@ -58,3 +58,20 @@ def torch_generate(model, ids, mask=None, **kwargs) -> list:
 
 def ms_tensor(array) -> ms.Tensor:
     return ms.Tensor(np.asarray(array), ms.int64 if np.asarray(array).dtype == np.int64 else ms.int32)
+
+
+def dequantized_twin(path: str, quantized):
+    """The float model of checkpoint `path` with every weight that `quantized` (the same checkpoint loaded
+    quantized) holds quantized replaced by its dequantized values."""
+    from mindone.transformers import AutoModelForCausalLM
+    from mindone.transformers.layers import Conv1D
+    from mindone.transformers.quantization.linear import QuantizedCell
+
+    twin = AutoModelForCausalLM.from_pretrained(path)
+    cells = dict(twin.cells_and_names())
+    for name, cell in quantized.cells_and_names():
+        if isinstance(cell, QuantizedCell):
+            weight = cell.quantized_weight().dequantize()
+            transposed = isinstance(cells[name], Conv1D)  # GPT-2's (in, out) weights were quantized transposed
+            cells[name].weight.set_data(ms.Tensor(weight.T if transposed else weight, ms.float32))
+    return twin

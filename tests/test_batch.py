@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import transformers
-from helpers import TINY
+from helpers import TINY, dequantized_twin
 
 import mindspore as ms
 from mindone.transformers import AutoModelForCausalLM
@@ -270,3 +270,27 @@ def test_a_gguf_kept_quantized_gives_the_dequantized_rows(smollm2_gguf, tmp_path
     with pytest.raises(SystemExit):
         run_job(directory, input_path, str(tmp_path / "bad.jsonl"), "--keep_quantized")
     assert "pass --gguf_file as well" in capsys.readouterr().err
+
+
+def test_quantization_flag_gives_the_rows_of_the_dequantized_weights(smollm2_dir, tmp_path, capsys):
+    """--quantization int4 quantizes the float checkpoint while loading: the rows of a float checkpoint holding
+    the same weights dequantized. With --gguf_file it is refused (the file is quantized already)."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(smollm2_dir)
+    config = transformers.LlamaConfig(**{**TINY, "intermediate_size": 64, "vocab_size": len(tokenizer),
+                                         "bos_token_id": 1, "eos_token_id": 2})  # fmt: skip
+    transformers.set_seed(0)
+    source, twin_dir = tmp_path / "float", tmp_path / "twin"
+    transformers.LlamaForCausalLM(config).save_pretrained(source)
+    quantized = AutoModelForCausalLM.from_pretrained(str(source), load_in_4bit=True)
+    dequantized_twin(str(source), quantized).save_pretrained(twin_dir)
+    for directory in (source, twin_dir):
+        tokenizer.save_pretrained(directory)
+    input_path = write_jsonl(tmp_path / "in.jsonl", prompt_rows(5))
+    outputs = [str(tmp_path / "quantized.jsonl"), str(tmp_path / "twin.jsonl")]
+    assert run_job(str(source), input_path, outputs[0], "--quantization", "int4") == 0
+    assert run_job(str(twin_dir), input_path, outputs[1]) == 0
+    rows = [read_jsonl(path) for path in outputs]
+    assert rows[0] == rows[1] and all("error" not in row for row in rows[0])
+    with pytest.raises(SystemExit):
+        run_job(str(source), input_path, str(tmp_path / "bad.jsonl"), "--gguf_file", "x.gguf", "--quantization", "int8")
+    assert "a GGUF file is quantized already" in capsys.readouterr().err

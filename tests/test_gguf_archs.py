@@ -82,7 +82,7 @@ def tiny_model(arch: str, seed: int = 0):
 QUANT_TYPES = (gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.Q4_1, gguf.GGMLQuantizationType.Q4_0)
 
 
-def write_gguf(path, model, arch: str, vocab: dict, quantize: bool = False) -> str:
+def write_gguf(path, model, arch: str, vocab: dict, quantize: bool = False, quant_types=QUANT_TYPES) -> str:
     """What convert_hf_to_gguf.py writes for these architectures, with F32 tensors; with `quantize`, the linear
     and embedding weights whose rows hold whole 32-value blocks are stored as Q8_0, Q4_1 and Q4_0 in turn."""
     c, writer = model.config, gguf.GGUFWriter(str(path), arch)
@@ -135,8 +135,9 @@ def write_gguf(path, model, arch: str, vocab: dict, quantize: bool = False) -> s
         gguf_name = name_map.get_name(name, try_suffixes=(".weight", ".bias"))
         linear = "proj" in name or "embed_tokens" in name or name == "lm_head.weight"
         if quantize and linear and data.ndim == 2 and data.shape[1] % 32 == 0:
-            qtype = QUANT_TYPES[len(writer.tensors[0]) % len(QUANT_TYPES)]
-            writer.add_tensor(gguf_name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+            qtype = quant_types[len(writer.tensors[0]) % len(quant_types)]
+            payload = data.astype(np.int8) if qtype == gguf.GGMLQuantizationType.I8 else gguf.quants.quantize(data, qtype)
+            writer.add_tensor(gguf_name, payload, raw_dtype=qtype)
         else:
             writer.add_tensor(gguf_name, data)
     writer.write_header_to_file()
@@ -227,6 +228,38 @@ def test_model_kept_quantized_equals_its_dequantized_twin(written, tmp_path):
         tokens = [m.generate(ids, max_new_tokens=8, do_sample=False, cache_implementation=cache).asnumpy()
                   for m in (kept, twin)]  # fmt: skip
         assert np.array_equal(*tokens), cache
+
+
+def test_block_types_without_a_format_are_dequantized_with_one_warning(tmp_path, caplog):
+    """Q5_1 has no internal format: kept quantized, its tensors are dequantized and one warning names the type."""
+    import mindspore as ms
+
+    model, vocab = tiny_model("llama")
+    path = write_gguf(tmp_path / "q51.gguf", model, "llama", vocab, quantize=True,
+                      quant_types=(gguf.GGMLQuantizationType.Q5_1, gguf.GGMLQuantizationType.Q8_0))  # fmt: skip
+    with caplog.at_level("WARNING"):
+        kept = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path, dequantize=False)
+    warnings = [r.getMessage() for r in caplog.records if "were dequantized to float" in r.getMessage()]
+    assert len(warnings) == 1 and "Q5_1 (" in warnings[0] and "Q8_0" not in warnings[0]
+    twin = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path)
+    ids = ms.Tensor(random_ids(1, 8, model.config.vocab_size))
+    assert np.abs(kept(input_ids=ids).logits.asnumpy() - twin(input_ids=ids).logits.asnumpy()).max() < 1e-4
+
+
+def test_unreadable_tensors_are_one_line_errors(tmp_path):
+    """A tensor type gguf cannot dequantize, and a file cut short inside the quantized tensors."""
+    model, vocab = tiny_model("llama")
+    path = write_gguf(tmp_path / "i8.gguf", model, "llama", vocab, quantize=True, quant_types=(gguf.GGMLQuantizationType.I8,))
+    for dequantize in (True, False):
+        with pytest.raises(OSError, match=r"has type I8, which cannot be read") as error:
+            AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path, dequantize=dequantize)
+        assert "\n" not in str(error.value)
+    whole = write_gguf(tmp_path / "whole.gguf", model, "llama", vocab, quantize=True)
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(open(whole, "rb").read()[:-2000])
+    with pytest.raises(OSError, match="is not a readable GGUF file") as error:
+        AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=str(cut), dequantize=False)
+    assert "\n" not in str(error.value)
 
 
 def test_tokenizer(written):

@@ -128,3 +128,41 @@ def test_quantized_linear_refuses_groups_that_do_not_divide_the_input():
     with pytest.raises(RuntimeError, match="inconsistent shapes"):
         kernels.QLINEAR4(x, ms.Tensor(np.zeros((4, 40), np.uint8)), ms.Tensor(np.ones((4, 3), np.float32)),
                          ms.Tensor(np.ones((4, 3), np.float32)))  # fmt: skip
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_ascend_operands_dequantize_to_the_same_weight(bits):
+    """backend.weight_quant_operands lays a weight out for Ascend's WeightQuantBatchMatmul (not runnable here):
+    applying that kernel's documented formula, (q + offset) * scale with q [K, N], in numpy gives our weight
+    transposed, including constant groups (scale 0)."""
+    from mindone.transformers import backend
+    from mindone.transformers.quantization import rtn
+
+    weight = np.random.default_rng(bits).normal(size=(6, 64)).astype(np.float32)
+    weight[2, 32:] = 0.25  # a constant group
+    quantized = rtn.quantize(weight, bits)
+    q, scale, offset = backend.weight_quant_operands(quantized, ms.float32)
+    if bits == 4:
+        assert q.shape == (64, 3) and q.dtype == np.uint8
+        nibbles = np.stack([q & 0x0F, q >> 4], axis=-1).reshape(64, 6).astype(np.int8)
+        q = np.where(nibbles > 7, nibbles - 16, nibbles)  # two's complement 4-bit, low nibble first
+    group = 64 // scale.shape[0]
+    scale, offset = np.repeat(scale, group, axis=0), 0 if offset is None else np.repeat(offset, group, axis=0)
+    assert np.allclose((q.astype(np.float32) + offset) * scale, quantized.dequantize().T, rtol=1e-6, atol=1e-6)
+
+
+def test_on_ascend_a_quantized_linear_holds_the_kernel_operands_instead_of_ours(monkeypatch):
+    """Built as on Ascend (the kernel call itself needs the device): the operands replace our arrays, except in a
+    tied head, whose embedding still gathers rows from ours."""
+    from mindone.transformers import backend
+    from mindone.transformers.quantization import rtn
+    from mindone.transformers.quantization.linear import QuantizedEmbedding, QuantizedLinear
+
+    monkeypatch.setattr(backend, "quantized_kernel", lambda dtype: "ascend")
+    weight = rtn.quantize(np.random.default_rng(0).normal(size=(8, 64)).astype(np.float32), 4)
+    linear = QuantizedLinear(weight, dtype=ms.float16)
+    names = {name.rpartition(".")[2] for name, _ in linear.parameters_and_names()}
+    assert names == {"device_weight", "device_scale", "device_offset"} and linear.device_weight.dtype == ms.qint4x2
+    assert linear.device_weight.shape == (64, 4) and linear.device_scale.dtype == ms.float16
+    head = QuantizedLinear(None, None, ms.float16, tied_to=QuantizedEmbedding(weight))
+    assert {"weight_packed", "device_weight"} <= {name.rpartition(".")[2] for name, _ in head.parameters_and_names()}

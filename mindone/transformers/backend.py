@@ -84,14 +84,22 @@ def gelu(x: ms.Tensor, approximate: str) -> ms.Tensor:
 
 
 def quantized_kernel(dtype) -> str:
-    """"fused": the C++ kernels dequantize inside the matrix product (any number of rows); "composed": the weight
-    is dequantized with MindSpore ops, then multiplied (no compiler, MINDONE_FUSED_KERNELS=0, or not CPU)."""
+    """"ascend": WeightQuantBatchMatmul (the weight in its operand layout, `weight_quant_operands`); "fused": the C++
+    kernels dequantize inside the matrix product (any number of rows); "composed": the weight is dequantized with
+    MindSpore ops, then multiplied (no compiler, MINDONE_FUSED_KERNELS=0)."""
+    if is_ascend() and dtype in (ms.float16, ms.bfloat16):
+        return "ascend"
     return "fused" if dtype in _KERNEL_DTYPES and fused_cpu_kernels() else "composed"
 
 
 def quantized_linear(x: ms.Tensor, cell) -> ms.Tensor:
     """x @ dequantized(weight)^T (+ bias) for a quantization.QuantizedLinear `cell` (its `matmul`: quantized_kernel)."""
-    if cell.matmul == "fused":
+    if cell.matmul == "ascend":
+        matmul = ops.auto_generate.WeightQuantBatchMatmul(antiquant_group_size=cell.group)
+        rows = x.reshape(-1, x.shape[-1])
+        out = matmul(rows, cell.device_weight, cell.device_scale, cell.device_offset, None, None, None)
+        out = out.reshape(x.shape[:-1] + (cell.out_features,))
+    elif cell.matmul == "fused":
         if cell.bits == 8:
             out = kernels.QLINEAR8(x, cell.weight_values, cell.weight_scales)
         else:
@@ -99,6 +107,28 @@ def quantized_linear(x: ms.Tensor, cell) -> ms.Tensor:
     else:
         out = linear(x, composed.dequantize(cell).astype(x.dtype))
     return out if cell.bias is None else out + cell.bias
+
+
+def weight_quant_operands(weight, dtype) -> tuple:
+    """(weight, antiquant scale, antiquant offset or None) as numpy arrays for Ascend's WeightQuantBatchMatmul, from
+    a quantization.formats weight [N, K]: the kernel computes x @ ((q + offset) * scale) with q [K, N], int8 or
+    signed 4-bit (-8..7, two per byte along N, low nibble first: shape [K, N / 2]) and scale / offset [K / group, N]
+    in the activations' dtype. Our 4-bit w = s * u + o (u in 0..15) is s * ((u - 8) + (o / s + 8)); a group with
+    s = 0 holds the constant o, written as scale o and offset 9 on q = -8."""
+    import numpy as np
+
+    from .quantization import Int8Groups, unpack4
+
+    nptype = np.float16 if dtype == ms.float16 else np.float32  # bfloat16 operands are cast from float32 on device
+    if isinstance(weight, Int8Groups):
+        return np.ascontiguousarray(weight.values.T), weight.scales.T.astype(nptype), None
+    signed = (unpack4(weight.packed).astype(np.int16) - 8).T
+    low, high = signed[:, 0::2] & 0x0F, signed[:, 1::2] & 0x0F
+    packed = (low | (high << 4)).astype(np.uint8)
+    constant = weight.scales == 0
+    scale = np.where(constant, weight.offsets, weight.scales)
+    offset = np.where(constant, np.float32(9), weight.offsets / np.where(constant, 1, weight.scales) + 8)
+    return np.ascontiguousarray(packed), scale.T.astype(nptype), offset.T.astype(nptype)
 
 
 def embedding(ids: ms.Tensor, weight: ms.Tensor) -> ms.Tensor:

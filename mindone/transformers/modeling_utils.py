@@ -16,9 +16,11 @@ from transformers import AutoConfig, GenerationConfig
 from transformers.utils.hub import cached_file, convert_file_size_to_int
 
 from . import backend
-from .layers import Embedding, Linear, init_parameter, parameter_defaults
+from .layers import Conv1D, Embedding, Linear, init_parameter, parameter_defaults
 from .modeling_rope_utils import HOST_UPDATED_ROPE, rope_type_of
 from .quantization import Int4Groups, Int8Groups
+from .quantization import rtn
+from .quantization.config import check_not_prequantized, weight_quantization
 from .quantization.linear import QuantizedCell, QuantizedEmbedding, QuantizedLinear
 from .safetensors_io import CheckpointError, iter_safetensors, write_safetensors
 
@@ -88,7 +90,7 @@ def load_config(path: str, hub_kwargs: dict, **kwargs):
     if config_file is None:
         raise OSError(f"'{path}' has no config.json; pass a directory written by save_pretrained (or gguf_file=...)")
     try:
-        return AutoConfig.from_pretrained(path, return_unused_kwargs=True, **hub_kwargs, **kwargs)
+        config, unused = AutoConfig.from_pretrained(path, return_unused_kwargs=True, **hub_kwargs, **kwargs)
     except (KeyError, ValueError) as err:
         with open(config_file) as f:
             model_type = json.load(f).get("model_type")
@@ -97,6 +99,8 @@ def load_config(path: str, hub_kwargs: dict, **kwargs):
         raise ValueError(
             f"model_type {model_type!r} in {config_file} is not supported; supported: {', '.join(supported_model_types())}"
         ) from err
+    check_not_prequantized(config, path)
+    return config, unused
 
 
 def weight_files(path: str, hub_kwargs: dict) -> list[str]:
@@ -204,9 +208,13 @@ class PreTrainedModel(nn.Cell):
     ):
         """`dequantize=False` with a `gguf_file` keeps the file's quantized weights (linear layers become
         quantization.linear.QuantizedLinear; block types without a quantized format are dequantized, with one
-        warning naming them); the default dequantizes everything, as transformers does."""
+        warning naming them); the default dequantizes everything, as transformers does.
+        `quantization_config=QuantoConfig(weights="int8" | "int4")`, or `load_in_8bit=True` / `load_in_4bit=True`,
+        quantizes a float checkpoint's linear and embedding weights while loading, one tensor at a time."""
         path = str(pretrained_model_name_or_path)
         check_dequantize(dequantize, gguf_file)
+        quantization = weight_quantization(kwargs.pop("quantization_config", None), kwargs.pop("load_in_8bit", False),
+                                           kwargs.pop("load_in_4bit", False), gguf_file)  # fmt: skip
         if "torch_dtype" in kwargs:  # transformers' deprecated spelling of `dtype`
             dtype = kwargs.pop("torch_dtype") if dtype is None else dtype
         hub_kwargs = dict(
@@ -242,7 +250,10 @@ class PreTrainedModel(nn.Cell):
         backend.check_dtype_supported(ms_dtype)
         with parameter_defaults(ms_dtype, empty=True):
             model = cls(config, *model_args)
-        info = model._load_tensors(read_tensors(list(model.state_dict())), path)
+        targets = model._quantization_targets(quantization) if quantization is not None else {}
+        info = model._load_tensors(read_tensors(list(model.state_dict())), path, targets)
+        if quantization is not None:
+            model.config.quantization_config = quantization.config
         if gguf_file is not None and not dequantize:
             _warn_dequantized(checkpoint)
         if generation_config is not None:
@@ -267,7 +278,10 @@ class PreTrainedModel(nn.Cell):
                 return candidate
         return None
 
-    def _load_tensors(self, tensors: Iterable, path: str) -> dict:
+    def _load_tensors(self, tensors: Iterable, path: str, quantize: Optional[dict] = None) -> dict:
+        """Sets the parameters from (checkpoint name, array) pairs; `quantize` maps parameter names to the bits
+        (8 or 4) their float arrays are quantized to on the way in (quantization.rtn), and whether the array is
+        stored transposed."""
         params = self.state_dict()
         arena = WeightArena(params.values()) if backend.device_target() == "CPU" else None
         tied = set(self._tied_weights_keys) if self._ties_embeddings() else set()
@@ -279,11 +293,14 @@ class PreTrainedModel(nn.Cell):
                     unexpected.append(name)
                 continue
             param = params[target]
-            if tuple(array.shape) != tuple(param.shape):
+            if tuple(array.shape) != tuple(param.shape):  # before quantizing, which may transpose
                 raise CheckpointError(
                     f"weight '{name}' in '{path}' has shape {tuple(array.shape)} but the model expects "
                     f"{tuple(param.shape)}; the checkpoint does not match its config.json"
                 )
+            if quantize and target in quantize:
+                bits, transposed = quantize[target]
+                array = rtn.quantize(array.T if transposed else array, bits)
             if isinstance(array, (Int8Groups, Int4Groups)):
                 self._quantize_cell(target, array)
             else:
@@ -308,8 +325,29 @@ class PreTrainedModel(nn.Cell):
         names = {f"{prefix}.weight" for prefix, cell in self.cells_and_names() if isinstance(cell, cells)}
         return frozenset(names & set(self.state_dict()))
 
+    def _quantization_targets(self, quantization) -> dict:
+        """{weight name: (bits, stored transposed)} for the linear, Conv1D and embedding weights `quantization`
+        converts, checked before any tensor is read. A tied LM head and embedding share one table: it is quantized
+        only if both are."""
+        cells = dict(self.cells_and_names())
+        vocabulary_cells = (self.get_input_embeddings(), self.get_output_embeddings())
+        vocabulary = {name for name, cell in cells.items() if cell is vocabulary_cells[0]}
+        if self._ties_embeddings():
+            vocabulary |= {name for name, cell in cells.items() if cell is vocabulary_cells[1]}
+        params, targets = self.state_dict(), {}
+        for owner, cell in cells.items():
+            weight = f"{owner}.weight"
+            if not isinstance(cell, (Linear, Embedding, Conv1D)) or weight not in params:
+                continue
+            if all(quantization.converts(name) for name in (vocabulary if owner in vocabulary else {owner})):
+                transposed = isinstance(cell, Conv1D)  # (in, out): quantized as its transpose
+                shape = params[weight].shape
+                quantization.check_shape(weight, shape[::-1] if transposed else shape)
+                targets[weight] = (quantization.bits_for(cell in vocabulary_cells), transposed)
+        return targets
+
     def _quantize_cell(self, weight_name: str, weight) -> None:
-        """Replaces the Linear or Embedding that owns `weight_name` with its quantized form holding `weight`; a
+        """Replaces the Linear, Conv1D or Embedding that owns `weight_name` with its quantized form holding `weight`; a
         tied LM head follows its embedding table."""
         path = weight_name.rpartition(".")[0]
         parent_path, _, attribute = path.rpartition(".")
@@ -373,8 +411,8 @@ class PreTrainedModel(nn.Cell):
         quantized = [name for name, cell in self.cells_and_names() if isinstance(cell, QuantizedCell)]
         if quantized:
             raise NotImplementedError(
-                f"save_pretrained cannot write quantized layers yet ({len(quantized)}, e.g. {quantized[0]}): load the "
-                "checkpoint with dequantize=True to save float weights, or keep using its GGUF file"
+                f"save_pretrained does not write quantized layers ({len(quantized)}, e.g. {quantized[0]}): save the float "
+                "model and quantize while loading (quantization_config=...), or keep using the GGUF file"
             )
         os.makedirs(save_directory, exist_ok=True)
         self.config.architectures = [type(self).__name__]

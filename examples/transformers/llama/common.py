@@ -19,6 +19,8 @@ def parse_args(framework: str, argv=None) -> argparse.Namespace:
     parser.add_argument("--gguf_file", default=None, help="a .gguf file (path, or name inside the model directory)")
     parser.add_argument("--keep_quantized", action="store_true",
                         help="MindSpore only: keep the GGUF file's quantized weights (from_pretrained dequantize=False)")
+    parser.add_argument("--quantization", choices=["int8", "int4"], default=None,
+                        help="MindSpore only: quantize the float checkpoint's weights while loading (docs/quantization.md)")
     parser.add_argument("--prompt", action="append", help="repeat for a left-padded batch")
     parser.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
     parser.add_argument("--messages_json", default=None,
@@ -41,9 +43,21 @@ def parse_args(framework: str, argv=None) -> argparse.Namespace:
         parser.error("--keep_quantized keeps a GGUF file's quantized weights: pass --gguf_file as well")
     if args.keep_quantized and framework != "MindSpore":
         parser.error(f"--keep_quantized is for generate.py (MindSpore); {framework} runs the weights dequantized")
+    if args.quantization and args.gguf_file is not None:
+        parser.error("--quantization quantizes a float checkpoint; a GGUF file is quantized already: use --keep_quantized")
+    if args.quantization and framework != "MindSpore":
+        parser.error(f"--quantization is for generate.py (MindSpore); {framework} runs the float weights")
     if args.gguf_file is None and not os.path.exists(args.model_name_or_path) and args.model_name_or_path == DEFAULT_MODEL:
         parser.error(f"{DEFAULT_MODEL} does not exist yet: run `make model` (or `make demo`) first")
     return args
+
+
+def loading_kwargs(args) -> dict:
+    """from_pretrained arguments for the weights: --keep_quantized and --quantization."""
+    kwargs = {"dequantize": False} if args.keep_quantized else {}
+    if args.quantization:
+        kwargs[f"load_in_{args.quantization[3:]}bit"] = True
+    return kwargs
 
 
 def generation_kwargs(args) -> dict:

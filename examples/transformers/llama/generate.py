@@ -9,7 +9,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import mindspore as ms  # noqa: E402
-from common import Timer, encode_prompts, generation_kwargs, parse_args, report  # noqa: E402
+from common import Timer, encode_prompts, generation_kwargs, loading_kwargs, parse_args, report  # noqa: E402
 
 from mindone.transformers import AutoModelForCausalLM, AutoTokenizer, set_seed  # noqa: E402
 
@@ -19,7 +19,7 @@ def main(argv=None):
     ms.set_device("CPU" if ms.get_context("device_target") == "CPU" else ms.get_context("device_target"))
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path, gguf_file=args.gguf_file)
     model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, gguf_file=args.gguf_file, dtype=args.dtype,
-                                                 dequantize=not args.keep_quantized)  # fmt: skip
+                                                 **loading_kwargs(args))  # fmt: skip
     texts, ids, mask = encode_prompts(tokenizer, args)
     input_ids, attention_mask = ms.Tensor(ids), ms.Tensor(mask)
     prompt_logits = None

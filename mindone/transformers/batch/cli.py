@@ -31,6 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--gguf_file", default=None, help="a .gguf file: a path, or a name inside --model")
     parser.add_argument("--keep_quantized", action="store_true",
                         help="keep the --gguf_file's quantized weights (docs/quantization.md) instead of dequantizing")
+    parser.add_argument("--quantization", choices=["int8", "int4"], default=None,
+                        help="quantize the float checkpoint's weights while loading (docs/quantization.md)")
     parser.add_argument("--input", help="JSONL: {\"id\", \"prompt\"} or {\"id\", \"messages\"}, optional \"generation\"")
     parser.add_argument("--output", required=True, help="JSONL results; an existing file is resumed, not overwritten")
     parser.add_argument("--max_batch_size", type=int, default=8)
@@ -51,6 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--max_batch_size must be at least 1")
     if args.keep_quantized and args.gguf_file is None:
         parser.error("--keep_quantized keeps a GGUF file's quantized weights: pass --gguf_file as well")
+    if args.quantization and args.gguf_file is not None:
+        parser.error("--quantization quantizes a float checkpoint; a GGUF file is quantized already: use --keep_quantized")
     return args
 
 
@@ -72,8 +76,9 @@ def load(args):
     from ..models.auto import AutoModelForCausalLM, AutoTokenizer
 
     try:
+        quantization = {f"load_in_{args.quantization[3:]}bit": True} if args.quantization else {}
         model = AutoModelForCausalLM.from_pretrained(args.model, gguf_file=args.gguf_file, dtype=getattr(ms, args.dtype),
-                                                     dequantize=not args.keep_quantized)  # fmt: skip
+                                                     dequantize=not args.keep_quantized, **quantization)  # fmt: skip
         tokenizer = AutoTokenizer.from_pretrained(args.model, gguf_file=args.gguf_file)
     except (OSError, ValueError, KeyError) as err:
         raise SystemExit(f"error: cannot load model {args.model!r}: {str(err).splitlines()[0]}") from None

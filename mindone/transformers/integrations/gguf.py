@@ -135,7 +135,13 @@ class GGUFCheckpoint:
                 continue
             if name in quantized and tensor.tensor_type not in _FLOAT_TYPES:
                 self.dequantized_types[tensor.tensor_type.name] += 1
-            weights = dequantize(raw, tensor.tensor_type)
+            try:
+                weights = dequantize(raw, tensor.tensor_type)
+            except NotImplementedError:
+                raise OSError(
+                    f"GGUF tensor '{tensor.name}' in '{self.path}' has type {tensor.tensor_type.name}, which cannot be "
+                    "read (gguf has no dequantizer for it); re-quantize the model with llama.cpp to another type"
+                ) from None
             yield name, fix(name, weights, self.config)
             del weights  # not kept alive while the next tensor is dequantized
 

@@ -46,10 +46,25 @@ class QuantizedLinear(QuantizedCell):
     def __init__(self, weight: Optional[QuantizedWeight], bias: Optional[Parameter] = None, dtype=ms.float32,
                  tied_to: Optional[QuantizedCell] = None):  # fmt: skip
         super().__init__()
+        self.tied = tied_to is not None
         self.hold(weight) if tied_to is None else self.share(tied_to)
         self.bias = bias
         self.kernel = "quantized"  # what the fused float paths (qkv, MLP, layer kernels) check for: not theirs
         self.matmul = backend.quantized_kernel(dtype)
+        if self.matmul == "ascend":
+            self._hold_device_operands(dtype)
+
+    def _hold_device_operands(self, dtype) -> None:
+        """Ascend's kernel reads the weight in its own layout (backend.weight_quant_operands), which replaces ours;
+        a tied head keeps its own copy, since the embedding it shares gathers rows in ours."""
+        weight, scale, offset = backend.weight_quant_operands(self.quantized_weight(), dtype)
+        self.device_weight = Parameter(ms.Tensor(weight, ms.qint4x2 if self.bits == 4 else ms.int8), requires_grad=False)
+        self.device_scale = Parameter(ms.Tensor(scale, dtype), requires_grad=False)
+        self.device_offset = None if offset is None else Parameter(ms.Tensor(offset, dtype), requires_grad=False)
+        if not self.tied:
+            for name in ("weight_values", "weight_packed", "weight_scales", "weight_offsets"):
+                if hasattr(self, name):
+                    delattr(self, name)
 
     def construct(self, x):
         return backend.quantized_linear(x, self)

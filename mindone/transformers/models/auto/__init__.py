@@ -70,7 +70,8 @@ class _AutoModel:
 
 
 # loading arguments of PreTrainedModel.from_pretrained; everything else goes to the config (as in transformers)
-_MODEL_ARGS = ("dtype", "mindspore_dtype", "torch_dtype", "gguf_file", "dequantize", "output_loading_info")
+_MODEL_ARGS = ("dtype", "mindspore_dtype", "torch_dtype", "gguf_file", "dequantize", "output_loading_info",
+               "quantization_config", "load_in_8bit", "load_in_4bit")  # fmt: skip
 
 
 class AutoModel(_AutoModel):
