@@ -215,3 +215,51 @@ def test_smollm2_perplexity_footprint_and_loading_memory_targets(smollm2_dir):
         assert row["perplexity"] <= base["perplexity"] * ppl_limit, (setting, row, base)
         assert row["footprint_mb"] <= base["footprint_mb"] * size_limit, (setting, row, base)
         assert row["load_peak_mb"] < base["footprint_mb"] + base["runtime_mb"], (setting, row, base)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_a_quantized_layer_runs_as_one_kernel_over_one_buffer(llama_dir, bits):
+    """Decode steps over a static cache run each quantized layer as one kernel (QUANT_WEIGHTS_LAYER) reading one
+    byte buffer that the layer's parameters now point into; its tokens and step logits equal the per-projection
+    kernels', and replacing a weight drops the buffer."""
+    from mindone.transformers.quantization.linear import QuantizedLayerWeights
+
+    model = LlamaForCausalLM.from_pretrained(llama_dir, **{f"load_in_{bits}bit": True})
+    layer = model.model.layers[0]
+    assert isinstance(layer.packed, QuantizedLayerWeights)
+    start = layer.packed.weights.data_ptr()
+    end = start + layer.packed.weights.size
+    for cell in (layer.self_attn.q_proj, layer.mlp.down_proj):
+        held = cell.weight_values if bits == 8 else cell.weight_packed
+        assert start <= held.data_ptr() < end and start <= cell.weight_scales.data_ptr() < end
+    padded, mask = left_padded([9, 5], 9, seed=7)
+    kwargs = dict(attention_mask=ms.Tensor(mask), max_new_tokens=8, do_sample=False, cache_implementation="static",
+                  output_scores=True, return_dict_in_generate=True)  # fmt: skip
+    packed = model.generate(ms.Tensor(padded), **kwargs)
+    for decoder_layer in model.model.layers:
+        object.__setattr__(decoder_layer, "packed", None)
+    model.__dict__.pop("_compiled_steps", None)
+    separate = model.generate(ms.Tensor(padded), **kwargs)
+    assert np.array_equal(packed.sequences.asnumpy(), separate.sequences.asnumpy())
+    for a, b in zip(packed.scores, separate.scores):
+        assert np.abs(a.asnumpy() - b.asnumpy()).max() < 1e-5
+
+    fresh = LlamaForCausalLM.from_pretrained(llama_dir, **{f"load_in_{bits}bit": True})
+    scales = fresh.model.layers[1].mlp.up_proj.weight_scales
+    scales.set_data(ms.Tensor(scales.asnumpy() * 2))
+    fresh.check_weights()
+    assert fresh.model.layers[1].packed is None
+
+
+def test_layers_with_float_or_mixed_width_projections_keep_separate_kernels(llama_dir):
+    """The layer kernel needs every projection quantized, and gate and up in one format (one tile reads both);
+    other layers keep their per-projection kernels."""
+    from mindone.transformers.quantization.linear import QuantizedLayerWeights
+
+    config = QuantoConfig(weights="int4", modules_to_not_convert=["gate_proj"])
+    model = LlamaForCausalLM.from_pretrained(llama_dir, quantization_config=config)
+    assert model.model.layers[0].packed is None
+    int8 = LlamaForCausalLM.from_pretrained(llama_dir, load_in_8bit=True).model.layers[0]
+    int4 = LlamaForCausalLM.from_pretrained(llama_dir, load_in_4bit=True).model.layers[0]
+    sources = [None, *int8.self_attn.block_weights()[:4], *[None] * 7, int8.mlp.gate_proj, int4.mlp.up_proj, int8.mlp.down_proj]
+    assert QuantizedLayerWeights.of(tuple(sources), "mixed") is None

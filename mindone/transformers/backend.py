@@ -330,10 +330,12 @@ def decoder_layer(attention_inputs: tuple, norm, gate, up, down, act_config, pac
 
 def weights_layer(hidden, residual, packed, input_norm, post_norm, act_config, attention_config, cos, sin, mask, cache,
                   layer_idx: int, cache_position, unused):  # fmt: skip
-    """decoder_layer for a layer whose weights are slices of one buffer (`packed`: layers.PackedWeights)."""
+    """decoder_layer for a layer whose weights are slices of one buffer (`packed`: layers.PackedWeights, or
+    quantization.linear.QuantizedLayerWeights)."""
     keys, values = cache.layer_buffers(layer_idx)
     residual = unused if residual is None else residual
-    return kernels.WEIGHTS_LAYER(hidden, residual, packed.weights, packed.layout, input_norm.kernel_config,
+    kernel = kernels.QUANT_WEIGHTS_LAYER if packed.quantized else kernels.WEIGHTS_LAYER
+    return kernel(hidden, residual, packed.weights, packed.layout, input_norm.kernel_config,
                                  post_norm.kernel_config, act_config, attention_config, cos, sin, keys, values,
                                  cache_position, mask)  # fmt: skip
 

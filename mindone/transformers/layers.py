@@ -68,6 +68,11 @@ def all_fused(*cells) -> bool:
     return all(cell.kernel == "fused" for cell in cells)
 
 
+def weight_source(cell):
+    """A projection's weight as the packed-layer kernels take it: the float Parameter, or the QuantizedLinear."""
+    return cell if cell.kernel == "quantized" else cell.weight
+
+
 class HasProjections:
     """A cell whose fused paths read its projections' weights. `projections_fused` is decided on the host (a
     compiled graph sees a constant): at construction, and again by refresh_projections() once loading may have
@@ -325,7 +330,7 @@ class Attention(HasProjections, nn.Cell):
             q, k, v = self.q_proj, self.k_proj, self.v_proj
         cells = (q, k, v, self.o_proj)
         norms = (self.q_norm.weight, self.k_norm.weight) if self.qk_norm else (None, None)
-        return tuple(None if c is None else c.weight for c in cells) + tuple(bias(c) for c in cells) + norms
+        return tuple(None if c is None else weight_source(c) for c in cells) + tuple(bias(c) for c in cells) + norms
 
     def block(self, hidden_states, residual, norm, position_embeddings, attention_mask, past_key_values, cache_position):
         """(the residual stream, this attention over its `norm`) in one kernel (backend.attention_block)."""
@@ -383,10 +388,10 @@ class GatedMLP(HasProjections, nn.Cell):
         return self.fused() and norm.kernel == "fused" and backend.decoding_rows(x)
 
     def block_weights(self) -> tuple:
-        """(gate, up, down) weights, up None when gate and up are one packed projection."""
+        """(gate, up, down) weights (weight_source), up None when gate and up are one packed projection."""
         if self.fused_gate_up:
-            return self.gate_up_proj.weight, None, self.down_proj.weight
-        return self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight
+            return weight_source(self.gate_up_proj), None, weight_source(self.down_proj)
+        return tuple(weight_source(cell) for cell in (self.gate_proj, self.up_proj, self.down_proj))
 
     def after_attention_block(self, attention_inputs: tuple, norm):
         """(the residual stream after the attention, this MLP's output) of a whole layer in one kernel: the
@@ -414,6 +419,7 @@ class PackedWeights(nn.Cell):
     one weight input instead of up to fifteen. Not a child cell, so it adds nothing to the model's state_dict;
     PreTrainedModel.check_weights drops it when a weight is replaced."""
 
+    quantized = False
     ORDER = ("input_norm", "q", "k", "v", "o", "q_bias", "k_bias", "v_bias", "o_bias", "q_norm", "k_norm", "post_norm",
              "gate", "up", "down")  # fmt: skip
 

@@ -16,6 +16,7 @@ from .layers import Attention, Embedding, GatedMLP, Linear, PackedWeights, RMSNo
 from .masking_utils import causal_mask
 from .modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from .modeling_utils import PreTrainedModel
+from .quantization.linear import QuantizedLayerWeights
 
 
 def layer_sliding_window(config, layer_idx: int) -> Optional[int]:
@@ -31,7 +32,7 @@ class DecoderLayer(nn.Cell):
     """x + attn(norm(x)), then + mlp(norm(x)). `options` is the model class, whose attributes say how the
     architecture configures attention, norms and the MLP activation."""
 
-    packed = None  # PackedWeights once pack_weights found the layer's weights contiguous in the loading arena
+    packed = None  # PackedWeights or QuantizedLayerWeights once pack_weights found the whole layer on fused kernels
 
     def __init__(self, config, layer_idx: int, options):
         super().__init__()
@@ -50,17 +51,18 @@ class DecoderLayer(nn.Cell):
         """Returns (the MLP's output, the residual stream before it): their sum is the layer's output, which the
         next layer's input norm (or the final norm) adds in the same kernel. `residual` is None for the first
         layer, whose input is the embeddings alone. Decoding rows over a static cache run the layer as one kernel."""
+        static = past_key_values is not None and past_key_values.is_static
+        if self.packed is not None and static and backend.decoding_rows(hidden_states):
+            cos, sin = position_embeddings
+            residual, out = backend.weights_layer(hidden_states, residual, self.packed, self.input_layernorm,
+                                                  self.post_attention_layernorm, self.mlp.kernel_config,
+                                                  self.self_attn.kernel_config, cos, sin, attention_mask,
+                                                  past_key_values, self.self_attn.layer_idx, cache_position,
+                                                  self.self_attn.unused)  # fmt: skip
+            return out, residual
         if self.self_attn.block_fits(hidden_states, past_key_values, self.input_layernorm) and self.mlp.block_fits(
             hidden_states, self.post_attention_layernorm
         ):
-            if self.packed is not None:
-                cos, sin = position_embeddings
-                residual, out = backend.weights_layer(hidden_states, residual, self.packed, self.input_layernorm,
-                                                      self.post_attention_layernorm, self.mlp.kernel_config,
-                                                      self.self_attn.kernel_config, cos, sin, attention_mask,
-                                                      past_key_values, self.self_attn.layer_idx, cache_position,
-                                                      self.self_attn.unused)  # fmt: skip
-                return out, residual
             attention_inputs = self.self_attn.block_inputs(hidden_states, residual, self.input_layernorm,
                                                            position_embeddings, attention_mask, past_key_values,
                                                            cache_position)  # fmt: skip
@@ -72,14 +74,19 @@ class DecoderLayer(nn.Cell):
         return out, residual
 
     def pack_weights(self, arena) -> None:
-        """Read all weights from one buffer (PackedWeights) where the whole layer runs as one fused kernel."""
+        """Read all weights from one buffer where the whole layer runs as one fused kernel: PackedWeights over the
+        loading arena for float projections, QuantizedLayerWeights when they are all quantized."""
         attention, mlp = self.self_attn, self.mlp
         norms = (self.input_layernorm, self.post_attention_layernorm)
-        fused = attention.kernel == "fused" and attention.projections_fused and mlp.fused()
-        if not fused or not all(n.kernel == "fused" for n in norms):
+        if attention.kernel != "fused" or mlp.kernel != "fused" or not all(n.kernel == "fused" for n in norms):
             return
         weights = (self.input_layernorm.weight,) + attention.block_weights() + (self.post_attention_layernorm.weight,)
-        packed = PackedWeights.of(weights + mlp.block_weights(), arena, f"packed_layer_weights.{attention.layer_idx}")
+        weights += mlp.block_weights()
+        name = f"packed_layer_weights.{attention.layer_idx}"
+        if attention.projections_fused and mlp.projections_fused:
+            packed = PackedWeights.of(weights, arena, name)
+        else:
+            packed = QuantizedLayerWeights.of(weights, name)
         object.__setattr__(self, "packed", packed)
 
     def attend(self, hidden_states, residual, position_embeddings, attention_mask, past_key_values, cache_position):

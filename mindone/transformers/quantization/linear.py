@@ -82,6 +82,71 @@ class QuantizedEmbedding(QuantizedCell):
         return composed.dequantize(self, ids).astype(self.dtype)
 
 
+class QuantizedLayerWeights(nn.Cell):
+    """A decoder layer whose projections are all quantized, with every weight moved into one byte buffer: the
+    layer kernel (QUANT_WEIGHTS_LAYER) then takes one weight input, as layers.PackedWeights does for float layers.
+    Each weight's entry in `layout` is (kind, data, scales, offsets, rows, cols, group_shift): kind -1 for a weight
+    the layer does not have, 0 float, 8 or 4 for the quantized formats; positions in bytes. The layer's parameters
+    are re-pointed at their slices (set_data over views), so nothing is held twice; not a child cell, so the
+    state_dict is unchanged."""
+
+    quantized = True
+    ALIGNMENT = 64
+
+    def __init__(self, sources: tuple, name: str):
+        super().__init__()
+        placed, layout, size = [], [], 0
+        for source in sources:
+            if source is None:
+                layout += [-1, 0, 0, 0, 0, 0, 0]
+                continue
+            params = _arrays_of(source)
+            starts = []
+            for param in params:
+                starts.append(size)
+                placed.append((param, size))
+                size += -(-param.size * param.itemsize // self.ALIGNMENT) * self.ALIGNMENT
+            starts += [0] * (3 - len(starts))
+            if isinstance(source, QuantizedLinear):
+                kind, rows, cols, shift = source.bits, source.out_features, source.in_features, source.group.bit_length() - 1
+            else:
+                kind, rows, cols, shift = 0, source.shape[0], source.shape[1] if len(source.shape) == 2 else 0, 0
+            layout += [kind, *starts, rows, cols, shift]
+        self.buffer = np.empty(size + self.ALIGNMENT, np.uint8)
+        base = -self.buffer.ctypes.data % self.ALIGNMENT
+        for param, start in placed:
+            array = param.asnumpy()
+            view = self.buffer[base + start : base + start + array.nbytes].view(array.dtype).reshape(array.shape)
+            view[...] = array
+            param.set_data(ms.from_numpy(view))
+        data = ms.from_numpy(self.buffer[base : base + max(size, 1)])
+        self.weights = Parameter(ms.common.initializer.initializer("zeros", data.shape, data.dtype), name=name,
+                                 requires_grad=False)  # fmt: skip
+        self.weights.set_data(data)
+        self.layout = ms.Tensor(np.array(layout, np.int64))
+
+    @classmethod
+    def of(cls, sources: tuple, name: str) -> Optional["QuantizedLayerWeights"]:
+        """The packed weights of a layer given its weights in layers.PackedWeights.ORDER (QuantizedLinear cells in
+        place of quantized projections), or None unless every projection is quantized and on the fused kernels,
+        with gate and up separate and of one width."""
+        projections = [sources[i] for i in (1, 2, 3, 4, 12, 13, 14)]
+        if not all(isinstance(p, QuantizedLinear) and p.matmul == "fused" for p in projections):
+            return None
+        if projections[4].bits != projections[5].bits:
+            return None
+        return cls(sources, name)
+
+
+def _arrays_of(source) -> tuple:
+    """The parameters a packed-layer weight is made of: (values, scales), (packed, scales, offsets) or (weight,)."""
+    if not isinstance(source, QuantizedLinear):
+        return (source,)
+    if source.bits == 8:
+        return source.weight_values, source.weight_scales
+    return source.weight_packed, source.weight_scales, source.weight_offsets
+
+
 def _frozen(array) -> Parameter:
     tensor = ms.from_numpy(np.ascontiguousarray(array))
     param = Parameter(ms.common.initializer.initializer("zeros", tensor.shape, tensor.dtype), requires_grad=False)

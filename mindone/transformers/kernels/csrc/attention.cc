@@ -280,14 +280,15 @@ template <class T> int run_block(void **params, int *ndims, int64_t **shapes, co
                norm_config(MK_ARG(3)), MK_ARG(21).as<T>(), normed.data(), M, K);
   FloatRows<T> rows(normed.data(), normed.size());
   std::vector<T> q(M * (c.packed ? q_size + 2 * kv_size : q_size)), k(c.packed ? 0 : M * kv_size), v(k.size());
+  using W = WeightRef<T>;
   if (c.packed) {  // Phi-3's qkv_proj: one weight, one projection, sliced by Projections
     const int64_t n = q_size + 2 * kv_size;
-    run_product(Product<T>{rows.data, wq.as<T>(), nullptr, bias_or_null<T>(MK_ARG(8), n), q.data(), M, n, K, -1});
+    run_product(plain_product<T>(rows.data, W::of(wq), bias_or_null<T>(MK_ARG(8), n), q.data(), M, n, K));
   } else {
     Product<T> products[3] = {
-        {rows.data, wq.as<T>(), nullptr, bias_or_null<T>(MK_ARG(8), q_size), q.data(), M, q_size, K, -1},
-        {rows.data, wk.as<T>(), nullptr, bias_or_null<T>(MK_ARG(9), kv_size), k.data(), M, kv_size, K, -1},
-        {rows.data, wv.as<T>(), nullptr, bias_or_null<T>(MK_ARG(10), kv_size), v.data(), M, kv_size, K, -1}};
+        plain_product<T>(rows.data, W::of(wq), bias_or_null<T>(MK_ARG(8), q_size), q.data(), M, q_size, K),
+        plain_product<T>(rows.data, W::of(wk), bias_or_null<T>(MK_ARG(9), kv_size), k.data(), M, kv_size, K),
+        plain_product<T>(rows.data, W::of(wv), bias_or_null<T>(MK_ARG(10), kv_size), v.data(), M, kv_size, K)};
     run_products(products, 3);
   }
   Projections<T> p{q.data(), k.data(), v.data(), S, D, c.heads, c.kv_heads, c.packed};
@@ -296,8 +297,8 @@ template <class T> int run_block(void **params, int *ndims, int64_t **shapes, co
                                 MK_ARG(19), c, attended.data());
   if (status != kOk) return status;
   FloatRows<T> attended_rows(attended.data(), attended.size());
-  run_product(Product<T>{attended_rows.data, wo.as<T>(), nullptr, bias_or_null<T>(MK_ARG(11), wo.dim(0)),
-                         MK_ARG(22).as<T>(), M, wo.dim(0), q_size, -1});
+  run_product(plain_product<T>(attended_rows.data, W::of(wo), bias_or_null<T>(MK_ARG(11), wo.dim(0)), MK_ARG(22).as<T>(),
+                            M, wo.dim(0), q_size));
   return kOk;
 }
 

@@ -23,10 +23,13 @@ typedef float vf4 __attribute__((vector_size(16)));
 // Status codes returned to MindSpore (it raises "Return value ... is N"); the Python side checks shapes first.
 enum Status { kOk = 0, kBadArity = 1, kBadDtype = 2, kBadShape = 3 };
 
-enum class DType { F32, F16, Other };
+// Quant marks an argument a kernel built itself (WeightsLayer): its data is a matmul.h QuantWeight descriptor.
+enum class DType { F32, F16, Quant, Other };
+constexpr const char *kQuantTag = "mk_quant";
 inline DType dtype_of(const char *name) {
   if (std::strcmp(name, "float32") == 0) return DType::F32;
   if (std::strcmp(name, "float16") == 0) return DType::F16;
+  if (std::strcmp(name, kQuantTag) == 0) return DType::Quant;
   return DType::Other;
 }
 

@@ -3,7 +3,7 @@
 // of weights costs tens of microseconds of runtime work, so a layer as one kernel instead of two saves one of them.
 #include <vector>
 
-#include "common.h"
+#include "matmul.h"
 
 extern "C" int AttentionBlock(MK_ARGS);
 extern "C" int MlpBlock(MK_ARGS);
@@ -53,33 +53,90 @@ int run_layer(int nparam, void **params, int *ndims, int64_t **shapes, const cha
   return mlp(count, m_params.data(), m_ndims.data(), m_shapes.data(), m_dtypes.data(), nullptr, nullptr);
 }
 
-// The layer's weights as slices of one buffer: `layout` holds (offset, rows, cols) per weight in PackedWeight order (layers.PackedWeights.ORDER), in
-// elements of the buffer; offset -1 marks a weight the layer does not have, cols 0 a vector.
+// The layer's weights as slices of one buffer, in PackedWeight order (layers.PackedWeights.ORDER).
 enum PackedWeight { kInNorm, kQ, kK, kV, kO, kBq, kBk, kBv, kBo, kQNorm, kKNorm, kPostNorm, kGate, kUp, kDown, kWeights };
 constexpr int kPackedInputs = 14;
 
-int run_packed_layer(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
-  if (nparam != kPackedInputs + 2) return mk::kBadArity;
-  mk::Arg weights = MK_ARG(2), layout = MK_ARG(3);
+// Each weight as a DecoderLayer argument: a float slice of the buffer, a QuantWeight over slices of it, or a
+// 1-element placeholder for a weight the layer does not have.
+struct LayerWeights {
+  void *data[kWeights];
+  int ndims[kWeights];
+  int64_t shapes[kWeights][2];
+  const char *dtypes[kWeights];
+  bool present[kWeights];
+  mk::QuantWeight quant[kWeights];
+};
+
+alignas(8) static const char kPlaceholder[8] = {};
+
+void absent(LayerWeights &lw, int w) {
+  lw.data[w] = const_cast<char *>(kPlaceholder), lw.ndims[w] = 1, lw.shapes[w][0] = 1, lw.present[w] = false;
+}
+
+// Float buffer: layout (offset, rows, cols) per weight in elements; offset -1 marks a weight the layer does not
+// have, cols 0 a vector.
+int float_layout(const mk::Arg &weights, const mk::Arg &layout, const char *dtype, int64_t size, LayerWeights &lw) {
   if (layout.numel() != 3 * kWeights) return mk::kBadShape;
   const int64_t *entries = layout.as<int64_t>();
-  const int64_t size = mk::dtype_of(dtypes[0]) == mk::DType::F16 ? 2 : 4;
-  int64_t placeholder_shape[1] = {1};
-  alignas(8) static const char placeholder[8] = {};
-  int64_t weight_shapes[kWeights][2];
-  void *weight_data[kWeights];
-  int weight_ndims[kWeights];
   for (int w = 0; w < kWeights; w++) {
     const int64_t offset = entries[3 * w], rows = entries[3 * w + 1], cols = entries[3 * w + 2];
     if (offset < 0) {
-      weight_data[w] = const_cast<char *>(placeholder), weight_ndims[w] = 1, weight_shapes[w][0] = 1;
+      absent(lw, w);
       continue;
     }
     if (offset + rows * (cols > 0 ? cols : 1) > weights.numel()) return mk::kBadShape;
-    weight_data[w] = static_cast<char *>(weights.data) + offset * size;
-    weight_ndims[w] = cols > 0 ? 2 : 1, weight_shapes[w][0] = rows, weight_shapes[w][1] = cols;
+    lw.data[w] = static_cast<char *>(weights.data) + offset * size, lw.present[w] = true, lw.dtypes[w] = dtype;
+    lw.ndims[w] = cols > 0 ? 2 : 1, lw.shapes[w][0] = rows, lw.shapes[w][1] = cols;
   }
-  const bool packed_mlp = entries[3 * kUp] < 0;
+  return mk::kOk;
+}
+
+// Byte buffer: layout (kind, data, scales, offsets, rows, cols, group_shift) per weight, offsets in bytes; kind -1
+// absent, 0 float (of the activations' dtype), 8 int8 groups, 4 4-bit groups.
+constexpr int kQuantEntry = 7;
+
+int quant_layout(const mk::Arg &weights, const mk::Arg &layout, const char *dtype, int64_t size, LayerWeights &lw) {
+  if (layout.numel() != kQuantEntry * kWeights) return mk::kBadShape;
+  const int64_t *entries = layout.as<int64_t>();
+  char *base = static_cast<char *>(weights.data);
+  for (int w = 0; w < kWeights; w++) {
+    const int64_t *e = entries + kQuantEntry * w;
+    const int64_t kind = e[0], rows = e[4], cols = e[5];
+    if (kind < 0) {
+      absent(lw, w);
+      continue;
+    }
+    const int64_t count = rows * (cols > 0 ? cols : 1);
+    const int64_t bytes = kind == 0 ? count * size : kind == 8 ? count : count / 2;
+    if (e[1] < 0 || e[1] + bytes > weights.numel() || e[2] < 0 || e[3] < 0 || e[2] >= weights.numel() ||
+        e[3] >= weights.numel())
+      return mk::kBadShape;
+    lw.present[w] = true, lw.ndims[w] = cols > 0 ? 2 : 1, lw.shapes[w][0] = rows, lw.shapes[w][1] = cols;
+    if (kind == 0) {
+      lw.data[w] = base + e[1], lw.dtypes[w] = dtype;
+      continue;
+    }
+    if ((kind != 8 && kind != 4) || cols % mk::kLanes != 0) return mk::kBadShape;
+    lw.quant[w] = mk::QuantWeight{base + e[1], reinterpret_cast<const float *>(base + e[2]),
+                                  reinterpret_cast<const float *>(base + e[3]), static_cast<int>(kind), e[6]};
+    lw.data[w] = &lw.quant[w], lw.dtypes[w] = mk::kQuantTag;
+  }
+  return mk::kOk;
+}
+
+int run_packed_layer(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, bool quantized) {
+  if (nparam != kPackedInputs + 2) return mk::kBadArity;
+  mk::Arg weights = MK_ARG(2), layout = MK_ARG(3);
+  const int64_t size = mk::dtype_of(dtypes[0]) == mk::DType::F16 ? 2 : 4;
+  LayerWeights lw;
+  int status = quantized ? quant_layout(weights, layout, dtypes[0], size, lw) : float_layout(weights, layout, dtypes[0], size, lw);
+  if (status != mk::kOk) return status;
+  const bool packed_mlp = !lw.present[kUp];
+  if (quantized && (packed_mlp || (lw.dtypes[kGate] == mk::kQuantTag) != (lw.dtypes[kUp] == mk::kQuantTag) ||
+                    (lw.dtypes[kGate] == mk::kQuantTag && lw.quant[kGate].bits != lw.quant[kUp].bits)))
+    return mk::kBadShape;  // gate and up run in one tile: one format for both
+  int64_t placeholder_shape[1] = {1};
   // The DecoderLayer inputs: (source input, or -1 - weight index) for each position, then the two outputs.
   const int mlp_weights[] = {-1 - kGate, -1 - kUp, -1 - kDown};
   std::vector<int> sources = {0, 1, -1 - kInNorm, 4, -1 - kQ, -1 - kK, -1 - kV, -1 - kO, -1 - kBq, -1 - kBk, -1 - kBv,
@@ -100,9 +157,9 @@ int run_packed_layer(int nparam, void **params, int *ndims, int64_t **shapes, co
       l_params[i] = params[source], l_ndims[i] = ndims[source], l_shapes[i] = shapes[source], l_dtypes[i] = dtypes[source];
     } else {
       int w = -1 - source;
-      l_params[i] = weight_data[w], l_ndims[i] = weight_ndims[w];
-      l_shapes[i] = weight_ndims[w] == 1 && entries[3 * w] < 0 ? placeholder_shape : weight_shapes[w];
-      l_dtypes[i] = dtypes[0];
+      l_params[i] = lw.data[w], l_ndims[i] = lw.ndims[w];
+      l_shapes[i] = lw.present[w] ? lw.shapes[w] : placeholder_shape;
+      l_dtypes[i] = lw.present[w] ? lw.dtypes[w] : dtypes[0];
     }
   }
   return run_layer(count, l_params.data(), l_ndims.data(), l_shapes.data(), l_dtypes.data(), packed_mlp);
@@ -120,4 +177,8 @@ MK_KERNEL DecoderLayerPacked(MK_ARGS) { return run_layer(nparam, params, ndims, 
 // WeightsLayer(hidden, residual or [1], weights [n], layout int64 [15 * 3], input_norm_cfg, post_norm_cfg, act,
 //   attention_cfg, cos, sin, k_cache, v_cache, cache_position, mask) -> DecoderLayer's outputs, with every weight a
 //   slice of one buffer: a graph passes the layer one parameter instead of up to fifteen.
-MK_KERNEL WeightsLayer(MK_ARGS) { return run_packed_layer(nparam, params, ndims, shapes, dtypes); }
+MK_KERNEL WeightsLayer(MK_ARGS) { return run_packed_layer(nparam, params, ndims, shapes, dtypes, false); }
+
+// QuantWeightsLayer: WeightsLayer over a byte buffer holding quantized projections (int8 or 4-bit groups) and float
+//   norms and biases, with a layout int64 [15 * 7] of (kind, data, scales, offsets, rows, cols, group_shift)
+MK_KERNEL QuantWeightsLayer(MK_ARGS) { return run_packed_layer(nparam, params, ndims, shapes, dtypes, true); }

@@ -14,7 +14,7 @@ template <class T> int run_linear(void **params, int *ndims, int64_t **shapes, c
   Arg y = MK_ARG(has_bias ? 3 : 2);
   int64_t K = x.dim(-1), N = w.dim(0);
   FloatRows<T> rows(x.as<T>(), x.numel());
-  run_product(Product<T>{rows.data, w.as<T>(), nullptr, bias, y.as<T>(), x.numel() / K, N, K, -1});
+  run_product(plain_product<T>(rows.data, WeightRef<T>::of(w), bias, y.as<T>(), x.numel() / K, N, K));
   return kOk;
 }
 
@@ -27,7 +27,7 @@ template <class T> int run_qkv(void **params, int *ndims, int64_t **shapes, cons
   for (int i = 0; i < 3; i++) {
     Arg w = MK_ARG(1 + i), y = MK_ARG(outputs + i);
     const T *bias = has_bias ? MK_ARG(4 + i).as<T>() : nullptr;
-    products[i] = Product<T>{rows.data, w.as<T>(), nullptr, bias, y.as<T>(), M, w.dim(0), K, -1};
+    products[i] = plain_product<T>(rows.data, WeightRef<T>::of(w), bias, y.as<T>(), M, w.dim(0), K);
   }
   run_products(products, 3);
   return kOk;
@@ -35,45 +35,51 @@ template <class T> int run_qkv(void **params, int *ndims, int64_t **shapes, cons
 
 // The whole gated MLP over rows already in float32: down(act(x gate^T) * (x up^T)) into y. The hidden rows stay in
 // a scratch buffer, rounded to T as the composed ops round them.
-template <class T> void gated_mlp(const float *x, int64_t M, int64_t K, const T *gate, const T *up, const Arg &down,
+template <class T> void gated_mlp(const float *x, int64_t M, int64_t K, WeightRef<T> gate, WeightRef<T> up, const Arg &down,
                                   int act, T *y) {
   const int64_t I = down.dim(1);
   std::vector<T> hidden(M * I);
   std::vector<float> gates(M * I), ups(M * I);
-  run_product(Product<T>{x, gate, up, nullptr, hidden.data(), M, I, K, act, gates.data(), ups.data()});
+  run_product(gated_product<T>(x, gate, up, hidden.data(), M, I, K, act, gates.data(), ups.data()));
   FloatRows<T> hidden_rows(hidden.data(), M * I);
-  run_product(Product<T>{hidden_rows.data, down.as<T>(), nullptr, nullptr, y, M, down.dim(0), I, -1});
+  run_product(plain_product<T>(hidden_rows.data, WeightRef<T>::of(down), nullptr, y, M, down.dim(0), I));
+}
+
+// gate and up of (gate, up) or, packed (Phi-3's gate_up_proj, float only), of gate's rows then up's.
+template <class T> void gate_and_up(const Arg &gate, const Arg *up, const Arg &down, WeightRef<T> &g, WeightRef<T> &u) {
+  g = WeightRef<T>::of(gate);
+  u = up != nullptr ? WeightRef<T>::of(*up) : WeightRef<T>{gate.as<T>() + down.dim(1) * gate.dim(-1), nullptr};
 }
 
 // (x, gate, up, down, act) or, packed, (x, gate_up, down, act) -> down(act(x gate^T) * (x up^T))
 template <class T> int run_mlp(void **params, int *ndims, int64_t **shapes, const char **dtypes, bool packed) {
-  Arg x = MK_ARG(0), gate = MK_ARG(1);
-  int i = 2;
-  const T *up = packed ? nullptr : MK_ARG(i++).as<T>();
+  Arg x = MK_ARG(0), gate = MK_ARG(1), up = MK_ARG(2);
+  int i = packed ? 2 : 3;
   Arg down = MK_ARG(i++);
   int act = static_cast<int>(MK_ARG(i++).as<float>()[0]);
   const int64_t K = x.dim(-1), M = x.numel() / K;
-  if (packed) up = gate.as<T>() + down.dim(1) * K;  // Phi-3's gate_up_proj: gate rows, then up rows
+  WeightRef<T> g, u;
+  gate_and_up(gate, packed ? nullptr : &up, down, g, u);
   FloatRows<T> rows(x.as<T>(), x.numel());
-  gated_mlp(rows.data, M, K, gate.as<T>(), up, down, act, MK_ARG(i).as<T>());
+  gated_mlp(rows.data, M, K, g, u, down, act, MK_ARG(i).as<T>());
   return kOk;
 }
 
 // The post-attention residual add and norm, then the MLP: (x, residual, norm_w, norm_cfg, gate[, up], down, act)
 // -> (x + residual, mlp(rms_norm(x + residual)))
 template <class T> int run_mlp_block(void **params, int *ndims, int64_t **shapes, const char **dtypes, bool packed) {
-  Arg x = MK_ARG(0), gate = MK_ARG(4);
-  int i = 5;
-  const T *up = packed ? nullptr : MK_ARG(i++).as<T>();
+  Arg x = MK_ARG(0), gate = MK_ARG(4), up = MK_ARG(5);
+  int i = packed ? 5 : 6;
   Arg down = MK_ARG(i++);
   int act = static_cast<int>(MK_ARG(i++).as<float>()[0]);
   const int64_t K = x.dim(-1), M = x.numel() / K;
-  if (packed) up = gate.as<T>() + down.dim(1) * K;
+  WeightRef<T> g, u;
+  gate_and_up(gate, packed ? nullptr : &up, down, g, u);
   std::vector<T> normed(M * K);
   add_and_norm(x.as<T>(), MK_ARG(1).as<T>(), MK_ARG(2).as<T>(), norm_config(MK_ARG(3)), MK_ARG(i).as<T>(),
                normed.data(), M, K);
   FloatRows<T> rows(normed.data(), normed.size());
-  gated_mlp(rows.data, M, K, gate.as<T>(), up, down, act, MK_ARG(i + 1).as<T>());
+  gated_mlp(rows.data, M, K, g, u, down, act, MK_ARG(i + 1).as<T>());
   return kOk;
 }
 

@@ -73,28 +73,151 @@ inline void dot_tile(const float *x, const TW *const *w, int64_t K, float (&out)
     for (int j = 0; j < NR; j++) out[i][j] = hsum(acc[i][j]);
 }
 
-// One product: plain (y = x w^T + bias) or gated (y = act(x gate^T) * (x up^T)).
+// A quantized weight [N, K] (quantization/formats.py): int8 values with a scale per group of 2^group_shift, or
+// 4-bit values (two per byte, a group's 16 bytes holding values 0-15 in their low nibbles and 16-31 in their high
+// ones) with a scale and an offset per group of 32.
+struct QuantWeight {
+  const void *values;
+  const float *scales, *offsets;
+  int bits;
+  int64_t group_shift;
+};
+
+constexpr int64_t kGroup4 = 32;
+typedef int8_t vi8 __attribute__((vector_size(16)));
+typedef uint8_t vu8 __attribute__((vector_size(16)));
+
+// Keeps a product from being fused with the add that follows (an FMA rounds once, the reference twice).
+inline vf rounded(vf v) {
+  asm volatile("" : "+v"(v));
+  return v;
+}
+
+// Bytes to floats through int32 lanes: GCC turns a direct byte-to-float conversion, and a signed byte-to-int one,
+// into one instruction per lane; a zero extension vectorises, so signed bytes are offset by 128 and back.
+inline vf to_floats(vu8 v) { return __builtin_convertvector(__builtin_convertvector(v, vi), vf); }
+inline vf to_floats(vi8 v) {
+  vi biased = __builtin_convertvector(reinterpret_cast<vu8 &>(v) ^ 0x80, vi) - 128;
+  return __builtin_convertvector(biased, vf);
+}
+
+// Weight rows read 16 values at a time, dequantized in registers: scale * q (+ offset), rounded as the reference.
+struct Int8Rows {
+  const int8_t *values;
+  const float *scales;
+  int64_t K, group_shift;
+  Int8Rows(const QuantWeight &w, int64_t K)
+      : values(static_cast<const int8_t *>(w.values)), scales(w.scales), K(K), group_shift(w.group_shift) {}
+  const int8_t *row(int64_t n) const { return values + n * K; }
+  vf chunk(int64_t n, const int8_t *q, int64_t k) const {
+    vi8 v;
+    std::memcpy(&v, q + k, sizeof v);
+    return to_floats(v) * scales[((n * K) >> group_shift) + (k >> group_shift)];
+  }
+};
+
+struct Int4Rows {
+  const uint8_t *packed;
+  const float *scales, *offsets;
+  int64_t K;
+  Int4Rows(const QuantWeight &w, int64_t K)
+      : packed(static_cast<const uint8_t *>(w.values)), scales(w.scales), offsets(w.offsets), K(K) {}
+  const uint8_t *row(int64_t n) const { return packed + n * (K / 2); }
+  vf chunk(int64_t n, const uint8_t *bytes, int64_t k) const {
+    const int64_t g = k / kGroup4, at = n * (K / kGroup4) + g;
+    vu8 b;
+    std::memcpy(&b, bytes + g * (kGroup4 / 2), sizeof b);
+    vu8 q = (k % kGroup4) == 0 ? (b & 15) : (b >> 4);
+    return rounded(to_floats(q) * scales[at]) + offsets[at];
+  }
+};
+
+// dot_tile over quantized rows: row j is row n[j] of src[j] (K a multiple of 16). The accumulation is dot_tile's,
+// so the outputs are bit for bit the float tile's on the dequantized weights.
+template <int MR, int NR, class Rows>
+inline void quant_dot_tile(const float *x, const Rows *const *src, const int64_t *n, int64_t K, float (&out)[MR][NR]) {
+  vf acc[MR][NR];
+  for (int i = 0; i < MR; i++)
+    for (int j = 0; j < NR; j++) acc[i][j] = vf{};
+  decltype(src[0]->row(0)) w[NR];
+  for (int j = 0; j < NR; j++) w[j] = src[j]->row(n[j]);
+  for (int64_t k = 0; k < K; k += kLanes) {
+    vf wv[NR];
+    for (int j = 0; j < NR; j++) wv[j] = src[j]->chunk(n[j], w[j], k);
+    for (int i = 0; i < MR; i++) {
+      vf xv = loadv(x + i * K + k);
+      for (int j = 0; j < NR; j++) acc[i][j] += xv * wv[j];
+    }
+  }
+  for (int i = 0; i < MR; i++)
+    for (int j = 0; j < NR; j++) out[i][j] = hsum(acc[i][j]);
+}
+
+// One product: plain (y = x w^T + bias) or gated (y = act(x gate^T) * (x up^T)), over float or quantized weights.
 template <class T> struct Product {
   const float *x;  // [M, K] in float32
-  const T *w;      // plain: [N, K]; gated: the gate rows
+  const T *w;      // plain: [N, K]; gated: the gate rows (null when quantized)
   const T *up;     // gated only
   const T *bias;   // plain only, may be null
   T *y;            // [M, N]
   int64_t M, N, K;
   int act;         // gated only; -1 for a plain product
   float *gates = nullptr, *ups = nullptr;  // gated only: [M, N] scratch for the two products before the activation
+  const QuantWeight *wq = nullptr, *upq = nullptr;  // quantized weights in place of w and up
 };
+
+// A weight input: float rows of T, or (dtype Quant) a QuantWeight descriptor.
+template <class T> struct WeightRef {
+  const T *rows = nullptr;
+  const QuantWeight *quant = nullptr;
+  static WeightRef of(const Arg &a) {
+    return a.dtype == DType::Quant ? WeightRef{nullptr, a.as<const QuantWeight>()} : WeightRef{a.as<const T>(), nullptr};
+  }
+};
+
+template <class T> Product<T> plain_product(const float *x, WeightRef<T> w, const T *bias, T *y, int64_t M, int64_t N,
+                                            int64_t K) {
+  Product<T> p{x, w.rows, nullptr, bias, y, M, N, K, -1};
+  p.wq = w.quant;
+  return p;
+}
+
+template <class T> Product<T> gated_product(const float *x, WeightRef<T> gate, WeightRef<T> up, T *y, int64_t M,
+                                            int64_t N, int64_t K, int act, float *gates, float *ups) {
+  Product<T> p{x, gate.rows, up.rows, nullptr, y, M, N, K, act, gates, ups};
+  p.wq = gate.quant, p.upq = up.quant;
+  return p;
+}
+
+// The tile's dot products over quantized weights (gate and up of one width, checked when the product is built).
+template <int MR, int NR, class Rows, class T>
+inline void quant_products(const Product<T> &p, int64_t m0, int64_t n0, float (&out)[MR][NR]) {
+  const bool gated = p.act >= 0;
+  const Rows first(*p.wq, p.K), second(gated ? *p.upq : *p.wq, p.K);
+  const Rows *src[NR];
+  int64_t n[NR];
+  for (int j = 0; j < NR; j++) {
+    src[j] = gated && j % 2 == 1 ? &second : &first;
+    n[j] = gated ? n0 + j / 2 : n0 + j;
+  }
+  quant_dot_tile<MR, NR>(p.x + m0 * p.K, src, n, p.K, out);
+}
 
 // Output columns [n0, n0 + NR / rows_per_out) for x rows [m0, m0 + MR).
 template <int MR, int NR, class T> inline void tile(const Product<T> &p, int64_t m0, int64_t n0) {
   const bool gated = p.act >= 0;
-  const T *rows[NR];
-  for (int j = 0; j < NR; j++) {
-    int64_t n = gated ? n0 + j / 2 : n0 + j;
-    rows[j] = gated ? (j % 2 == 0 ? p.w : p.up) + n * p.K : p.w + n * p.K;
-  }
   float out[MR][NR];
-  dot_tile<MR, NR>(p.x + m0 * p.K, rows, p.K, out);
+  if (p.wq != nullptr) {
+    if (p.wq->bits == 8) quant_products<MR, NR, Int8Rows>(p, m0, n0, out);
+    else quant_products<MR, NR, Int4Rows>(p, m0, n0, out);
+  } else {
+    const T *rows[NR];
+    for (int j = 0; j < NR; j++) {
+      int64_t n = gated ? n0 + j / 2 : n0 + j;
+      rows[j] = gated ? (j % 2 == 0 ? p.w : p.up) + n * p.K : p.w + n * p.K;
+    }
+    dot_tile<MR, NR>(p.x + m0 * p.K, rows, p.K, out);
+  }
   for (int i = 0; i < MR; i++) {
     T *y = p.y + (m0 + i) * p.N;
     if (gated) {  // the activation runs vectorised once a range of columns is done (columns())
