@@ -543,3 +543,38 @@ def test_loaded_layers_read_one_weight_buffer_and_never_a_stale_one(tmp_path, mo
     assert np.abs(_static_logits(packed, ids) - expected).max() == 0.0
     assert np.abs(_static_logits(plain, ids) - expected).max() == 0.0
     assert all(layer.packed is None for layer in packed.model.layers)
+
+
+@pytest.mark.parametrize("first_layer", [False, True])
+def test_decoder_stack_is_its_layers_one_after_the_other(first_layer):
+    """DECODER_STACK runs every layer in one launch: exactly WEIGHTS_LAYER applied layer by layer, each layer
+    writing its own caches in place."""
+    case = Case(seq=1, start=6, rotary_dim=8, norm_eps=1e-6)
+    hidden, q_size, kv_size, inner = 40, case.heads * case.head_dim, case.kv_heads * case.head_dim, 56
+    x, residual, unused = tensor(randn(case.batch, 1, hidden)), tensor(randn(case.batch, 1, hidden)), tensor([0.0])
+    norm_config, act = kernels.config(1e-5, 0), kernels.config(0)
+
+    def layer_weights():
+        projections = [tensor(randn(n, hidden) * 0.2) for n in (q_size, kv_size, kv_size, 0)]
+        projections[3] = tensor(randn(hidden, q_size) * 0.2)
+        mlp = [tensor(randn(inner, hidden) * 0.3), tensor(randn(inner, hidden) * 0.3), tensor(randn(hidden, inner) * 0.3)]
+        return _packed_buffer([tensor(randn(hidden)), *projections, None, None, None, None, tensor(case.q_norm),
+                               tensor(case.k_norm), tensor(randn(hidden)), *mlp])  # fmt: skip
+
+    def caches():
+        return [ms.Parameter(tensor(c), name=f"c{i}") for i, c in enumerate((case.k_cache, case.v_cache))]
+
+    layers = [layer_weights() for _ in range(3)]
+    shared = (norm_config, norm_config, act, case.config, tensor(case.cos), tensor(case.sin))
+    position, mask = ms.Tensor(case.positions), tensor(case.mask)
+    one_by_one = [caches() for _ in layers]
+    out, stream = x, unused if first_layer else residual
+    for (weights, layout), cache in zip(layers, one_by_one):
+        stream, out = kernels.WEIGHTS_LAYER(out, stream, weights, layout, *shared, *cache, position, mask)
+    stacked_caches = [caches() for _ in layers]
+    per_layer = [item for (weights, layout), cache in zip(layers, stacked_caches) for item in (weights, layout, *cache)]
+    got_stream, got = kernels.DECODER_STACK(x, unused if first_layer else residual, norm_config, norm_config, act,
+                                            case.config, tensor(case.cos), tensor(case.sin), position, mask, *per_layer)  # fmt: skip
+    assert max_error(got_stream, stream) == 0.0 and max_error(got, out) == 0.0
+    for one, two in zip(one_by_one, stacked_caches):
+        assert all(np.array_equal(a.asnumpy(), b.asnumpy()) for a, b in zip(one, two))

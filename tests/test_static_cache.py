@@ -4,7 +4,9 @@ a bounded number of compiled graphs, clear errors, and the same API under a glob
 import mindspore as ms
 import numpy as np
 import pytest
-from helpers import left_padded, ms_tensor, random_ids, save_tiny_llama, torch_generate
+import torch
+import transformers
+from helpers import TINY, left_padded, ms_tensor, random_ids, save_tiny_llama, torch_generate
 
 from mindone.transformers import LlamaForCausalLM, StaticCache, set_seed
 from mindone.transformers.generation.decoders import compiled_graph_count
@@ -143,3 +145,25 @@ def test_float16_weights_on_cpu(tmp_path):
     dynamic = model.generate(ms_tensor(ids), max_new_tokens=10)
     static = model.generate(ms_tensor(ids), max_new_tokens=10, cache_implementation="static")
     assert dynamic.asnumpy().tolist() == static.asnumpy().tolist()
+
+
+@pytest.mark.parametrize("quantization", [{}, {"load_in_4bit": True}])
+def test_all_layers_in_one_kernel_equal_one_kernel_per_layer(tmp_path, quantization):
+    """Decode steps over a static cache run every layer in one launch (DECODER_STACK) when all layers are packed
+    alike: the same tokens and step scores as one kernel per layer, for float and for quantized layers."""
+    config = transformers.LlamaConfig(**{**TINY, "intermediate_size": 64})
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path)
+    model = LlamaForCausalLM.from_pretrained(str(tmp_path), **quantization)
+    assert model.model._layers_stack()
+    ids, mask = left_padded([9, 5], 9, seed=8)
+    kwargs = dict(attention_mask=ms.Tensor(mask), max_new_tokens=8, do_sample=False, cache_implementation="static",
+                  output_scores=True, return_dict_in_generate=True)  # fmt: skip
+    stacked = model.generate(ms.Tensor(ids), **kwargs)
+    model.model.uniform_layers = False
+    model.__dict__.pop("_compiled_steps", None)
+    assert not model.model._layers_stack()
+    layered = model.generate(ms.Tensor(ids), **kwargs)
+    assert np.array_equal(stacked.sequences.asnumpy(), layered.sequences.asnumpy())
+    for a, b in zip(stacked.scores, layered.scores):
+        assert np.array_equal(a.asnumpy(), b.asnumpy())

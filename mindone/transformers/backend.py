@@ -340,6 +340,19 @@ def weights_layer(hidden, residual, packed, input_norm, post_norm, act_config, a
                                  cache_position, mask)  # fmt: skip
 
 
+def decoder_stack(hidden, layers, cos, sin, mask, cache, cache_position, unused):
+    """Every decoder layer in one kernel for decoding rows over a static cache: `layers` all packed
+    (layers.PackedWeights or QuantizedLayerWeights) with one configuration. Returns the last layer's (residual
+    stream, MLP output)."""
+    first = layers[0]
+    inputs = [hidden, unused, first.input_layernorm.kernel_config, first.post_attention_layernorm.kernel_config,
+              first.mlp.kernel_config, first.self_attn.kernel_config, cos, sin, cache_position, mask]  # fmt: skip
+    for index, layer in enumerate(layers):
+        keys, values = cache.layer_buffers(index)
+        inputs += [layer.packed.weights, layer.packed.layout, keys, values]
+    return kernels.DECODER_STACK(*inputs)
+
+
 def mlp_block(x, residual, norm, gate, up, down, act_config, packed: bool):
     """(x + residual, the MLP of norm(x + residual)) for decoding rows, in one kernel; `packed` as in `mlp`."""
     kernel = kernels.MLP_BLOCK_PACKED if packed else kernels.MLP_BLOCK

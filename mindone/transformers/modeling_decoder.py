@@ -133,6 +133,16 @@ class DecoderPreTrainedModel(PreTrainedModel):
             return past_key_values.attention_mask(attention_mask, cache_position, dtype, window)
         return causal_mask(attention_mask, seq_length, past_length, dtype, window)
 
+    def _layers_stack(self) -> bool:
+        """Whether one kernel can run all layers (backend.decoder_stack): one configuration, no sliding window,
+        every layer's weights packed."""
+        if not self.uniform_layers:
+            return False
+        for layer in self.layers:
+            if layer.packed is None:
+                return False
+        return True
+
     @staticmethod
     def _output(hidden_states, cache, all_hidden_states, output_hidden_states, return_dict):
         if not return_dict:  # plain tuples are what compiled graphs return best
@@ -155,6 +165,7 @@ class DecoderModel(DecoderPreTrainedModel):
         self.rotary_emb_local = _local_rotary(config)
         windows = {layer.sliding_window for layer in self.layers}
         self.sliding_window = max((w for w in windows if w is not None), default=None)
+        self.uniform_layers = windows == {None} and len({_kernel_settings(layer) for layer in self.layers}) == 1
         self.embed_scale = config.hidden_size**0.5
 
     def construct(
@@ -190,6 +201,12 @@ class DecoderModel(DecoderPreTrainedModel):
         local_rope = self.rotary_emb_local(inputs_embeds, position_ids) if self.rotary_emb_local is not None else global_rope
 
         hidden_states, residual, all_hidden_states = inputs_embeds, None, ()
+        static = cache is not None and cache.is_static
+        if static and not output_hidden_states and backend.decoding_rows(inputs_embeds) and self._layers_stack():
+            cos, sin = global_rope
+            residual, hidden_states = backend.decoder_stack(inputs_embeds, self.layers, cos, sin, full_mask, cache,
+                                                            cache_position, self.layers[0].self_attn.unused)  # fmt: skip
+            return self._output(final_norm(self.norm, hidden_states, residual), cache, (), False, return_dict)
         for layer in self.layers:
             if output_hidden_states:
                 all_hidden_states += (layer_input(hidden_states, residual),)
@@ -199,6 +216,13 @@ class DecoderModel(DecoderPreTrainedModel):
                 hidden_states, residual = layer(hidden_states, residual, local_rope, sliding_mask, cache, cache_position)
         normed = final_norm(self.norm, hidden_states, residual)
         return self._output(normed, cache, all_hidden_states, output_hidden_states, return_dict)
+
+
+def _kernel_settings(layer) -> tuple:
+    """What the layer kernels are configured with, for checking that one setting serves every layer."""
+    cells = (layer.input_layernorm, layer.post_attention_layernorm, layer.mlp, layer.self_attn)
+    configs = [getattr(cell, "kernel_config", None) for cell in cells]
+    return (type(layer),) + tuple(None if c is None else tuple(c.asnumpy().ravel().tolist()) for c in configs)
 
 
 def layer_input(hidden_states, residual):

@@ -40,7 +40,7 @@ def library() -> Optional[str]:
 RMS_NORM = ADD_RMS_NORM = LAYER_NORM = ADD_LAYER_NORM = None
 LINEAR = LINEAR_BIAS = QKV = QKV_BIAS = MLP = MLP_PACKED = MLP_BLOCK = MLP_BLOCK_PACKED = None
 CACHED_ATTENTION = CACHED_ATTENTION_PACKED = ATTENTION_BLOCK = ROPE_QK = ATTENTION = None
-DECODER_LAYER = DECODER_LAYER_PACKED = WEIGHTS_LAYER = QUANT_WEIGHTS_LAYER = QLINEAR8 = QLINEAR4 = None
+DECODER_LAYER = DECODER_LAYER_PACKED = WEIGHTS_LAYER = QUANT_WEIGHTS_LAYER = DECODER_STACK = QLINEAR8 = QLINEAR4 = None
 
 
 @functools.lru_cache(maxsize=None)
@@ -178,13 +178,16 @@ def _create_primitives() -> None:
         slice of `weights` at layout's (offset, rows, cols), in the order of layers.PackedWeights.ORDER;
     QUANT_WEIGHTS_LAYER: WEIGHTS_LAYER over a uint8 buffer of quantized projections and float norms and biases,
         layout int64 [15 * 7] of (kind -1/0/8/4, data, scales, offsets in bytes, rows, cols, group_shift);
+    DECODER_STACK (hidden, residual or [1], input_norm_cfg, post_norm_cfg, act, attention_cfg, cos, sin,
+        cache_position, mask, then per layer weights, layout, k_cache, v_cache) -> the last layer's outputs: every
+        layer as (QUANT_)WEIGHTS_LAYER in one launch;
     QLINEAR8 (x, values int8 [N, K], scales [N, K / group]) / QLINEAR4 (x, packed uint8 [N, K / 2], scales, offsets
         [N, K / 32]) -> x @ dequantized^T, bit for bit LINEAR on the dequantized weight (quantization/formats.py);
     ROPE_QK (q, k, cos, sin, q_norm_w, k_norm_w, cfg) -> (q, k) normed and rotated, same shapes;
     ATTENTION (q [B, S, H * D], k [B, KV, L, D], v [B, KV, L, D], mask [1 or B, 1, S, L], cfg) -> [B, S, H * D]."""
     global RMS_NORM, ADD_RMS_NORM, LAYER_NORM, ADD_LAYER_NORM, LINEAR, LINEAR_BIAS, QKV, QKV_BIAS, MLP, MLP_PACKED
     global MLP_BLOCK, MLP_BLOCK_PACKED, CACHED_ATTENTION, CACHED_ATTENTION_PACKED, ATTENTION_BLOCK, ROPE_QK, ATTENTION
-    global DECODER_LAYER, DECODER_LAYER_PACKED, WEIGHTS_LAYER, QUANT_WEIGHTS_LAYER, QLINEAR8, QLINEAR4
+    global DECODER_LAYER, DECODER_LAYER_PACKED, WEIGHTS_LAYER, QUANT_WEIGHTS_LAYER, DECODER_STACK, QLINEAR8, QLINEAR4
     RMS_NORM, ADD_RMS_NORM = Kernel("RmsNorm", _same), Kernel("AddRmsNorm", _pair, outputs=2)
     LAYER_NORM, ADD_LAYER_NORM = Kernel("LayerNorm", _same), Kernel("AddLayerNorm", _pair, outputs=2)
     LINEAR, LINEAR_BIAS = Kernel("Linear", _linear), Kernel("LinearBias", _linear)
@@ -199,6 +202,7 @@ def _create_primitives() -> None:
     DECODER_LAYER_PACKED = Kernel("DecoderLayerPacked", _decoder_layer, outputs=2, writes_inputs=True)
     WEIGHTS_LAYER = Kernel("WeightsLayer", _decoder_layer, outputs=2, writes_inputs=True)
     QUANT_WEIGHTS_LAYER = Kernel("QuantWeightsLayer", _decoder_layer, outputs=2, writes_inputs=True)
+    DECODER_STACK = Kernel("DecoderStack", _decoder_layer, outputs=2, writes_inputs=True)
     QLINEAR8, QLINEAR4 = Kernel("QLinear8", _linear), Kernel("QLinear4", _linear)
     ROPE_QK = Kernel("RopeQk", _rope, outputs=2)
     ATTENTION = Kernel("Attention", _same)

@@ -22,6 +22,9 @@ class SandwichNormDecoderLayer(DecoderLayer):
         residual, normed = self.pre_feedforward_layernorm.add_and_norm(self.post_attention_layernorm(attended), residual)
         return self.post_feedforward_layernorm(self.mlp(normed)), residual
 
+    def pack_weights(self, arena) -> None:
+        """Not packed: the layer kernels have no place for the sandwich norms, so this layer runs its blocks."""
+
 
 Gemma2DecoderLayer, Gemma2PreTrainedModel, Gemma2Model, Gemma2ForCausalLM = decoder_architecture(
     "Gemma2", Gemma2Config, __name__, layer_base=SandwichNormDecoderLayer,
