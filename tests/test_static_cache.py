@@ -46,6 +46,25 @@ def test_static_equals_dynamic_and_pytorch(pair, strategy):
     assert static.asnumpy().tolist() == dynamic.asnumpy().tolist() == expected
 
 
+def test_compiled_gated_processors_give_pytorchs_scores(pair):
+    """The compiled step's device head applies length-gated processors (min_new_tokens, begin suppression, a
+    forced eos on the last step) when the host's flag says so: PyTorch's processed scores and tokens."""
+    reference, model = pair
+    ids, mask = left_padded([9, 4], 9, seed=7)
+    kwargs = dict(max_new_tokens=6, min_new_tokens=3, begin_suppress_tokens=[5, 7], forced_eos_token_id=2,
+                  suppress_tokens=[11], eos_token_id=[2, 9], do_sample=False, output_scores=True,
+                  return_dict_in_generate=True)  # fmt: skip
+    with torch.no_grad():
+        expected = reference.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), **kwargs)
+    ours = model.generate(ms_tensor(ids), attention_mask=ms_tensor(mask), cache_implementation="static", **kwargs)
+    assert ours.sequences.asnumpy().tolist() == expected.sequences.numpy().tolist()
+    assert len(ours.scores) == len(expected.scores)
+    for a, b in zip(ours.scores, expected.scores):
+        a, b = a.asnumpy(), b.numpy()
+        finite = np.isfinite(b)
+        assert np.array_equal(np.isfinite(a), finite) and np.abs(a[finite] - b[finite]).max() <= 1e-5
+
+
 def test_static_logits_match_dynamic(pair):
     _, model = pair
     ids = ms_tensor(random_ids(2, 7, seed=6))

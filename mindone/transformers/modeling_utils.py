@@ -18,8 +18,7 @@ from transformers.utils.hub import cached_file, convert_file_size_to_int
 from . import backend
 from .layers import Conv1D, Embedding, Linear, init_parameter, parameter_defaults
 from .modeling_rope_utils import HOST_UPDATED_ROPE, rope_type_of
-from .quantization import Int4Groups, Int8Groups
-from .quantization import rtn
+from .quantization import Int4Groups, Int8Groups, rtn
 from .quantization.config import check_not_prequantized, weight_quantization
 from .quantization.linear import QuantizedCell, QuantizedEmbedding, QuantizedLinear
 from .safetensors_io import CheckpointError, iter_safetensors, write_safetensors

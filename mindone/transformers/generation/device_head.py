@@ -57,6 +57,8 @@ class _Step:
             mask = np.zeros((1, vocab), bool)
             mask[0, [t for t in tokens if 0 <= t < vocab]] = True
             self.mask = ms.Tensor(mask)
+            # what "force" sets: made here because a compiled where() of two scalars crashes MindSpore 2.7's compiler
+            self.forced = ms.Tensor(np.where(mask, 0.0, lp.NEG_INF).astype(np.float32))
             self.key = (kind, tuple(tokens))
         else:
             self.key = (kind, type(processor).__name__, sorted(vars(processor).items()))
@@ -152,12 +154,12 @@ class DeviceHead(nn.Cell):
                 scores = step.processor(tokens, scores)
             elif step.kind == "suppress_always":
                 scores = mint.where(step.mask, ms.Tensor(lp.NEG_INF, scores.dtype), scores)
+            elif step.kind == "suppress":  # the flag folded into the [1, vocab] mask: one select over the scores
+                scores = mint.where(mint.logical_and(step.mask, flags[flag]), ms.Tensor(lp.NEG_INF, scores.dtype), scores)
+                flag += 1
             else:
-                if step.kind == "suppress":
-                    changed = mint.where(step.mask, ms.Tensor(lp.NEG_INF, scores.dtype), scores)
-                else:
-                    changed = mint.where(step.mask, ms.Tensor(0.0, scores.dtype), ms.Tensor(lp.NEG_INF, scores.dtype))
-                scores = mint.where(backend.expand_as(flags[flag], scores), changed, scores)
+                forced = backend.expand_as(step.forced, scores)
+                scores = mint.where(backend.expand_as(flags[flag], scores), forced, scores)
                 flag += 1
         if self.do_sample:
             tokens_out = sample_tokens(mint.softmax(scores, dim=-1), uniforms)
