@@ -34,5 +34,7 @@ def test_architectures_with_the_composed_ops():
 
 @pytest.mark.slow
 def test_quantized_layers_with_the_composed_ops():
-    """Quantized linear layers dequantize with MindSpore ops, then multiply."""
+    """Quantized linear layers dequantize with MindSpore ops, then multiply: GGUF weights kept quantized, and
+    every architecture quantized while loading (int8 and int4)."""
     assert "6 passed" in _without_kernels("test_gguf_archs.py", "kept_quantized_equals_its_dequantized_twin")
+    assert "18 passed" in _without_kernels("test_quantize_on_load.py", "equals_its_dequantized_twin")
