@@ -28,11 +28,12 @@ class QuantizedCell(nn.Cell):
     def share(self, other: "QuantizedCell") -> None:
         """Hold the same parameters as `other` (a tied LM head and embedding table)."""
         self.out_features, self.in_features, self.bits, self.group = other.out_features, other.in_features, other.bits, other.group
-        if self.bits == 8:
-            self.weight_values = other.weight_values
-        else:
-            self.weight_packed, self.weight_offsets = other.weight_packed, other.weight_offsets
-        self.weight_scales = other.weight_scales
+        for name in other.array_names():
+            setattr(self, name, getattr(other, name))
+
+    def array_names(self) -> tuple:
+        """The held arrays' attribute names: the values (int8 or packed 4-bit) first, then scales (and offsets)."""
+        return ("weight_values", "weight_scales") if self.bits == 8 else ("weight_packed", "weight_scales", "weight_offsets")
 
     def quantized_weight(self) -> QuantizedWeight:
         if self.bits == 8:
@@ -62,9 +63,8 @@ class QuantizedLinear(QuantizedCell):
         self.device_scale = Parameter(ms.Tensor(scale, dtype), requires_grad=False)
         self.device_offset = None if offset is None else Parameter(ms.Tensor(offset, dtype), requires_grad=False)
         if not self.tied:
-            for name in ("weight_values", "weight_packed", "weight_scales", "weight_offsets"):
-                if hasattr(self, name):
-                    delattr(self, name)
+            for name in self.array_names():
+                delattr(self, name)
 
     def construct(self, x):
         return backend.quantized_linear(x, self)
@@ -139,12 +139,10 @@ class QuantizedLayerWeights(nn.Cell):
 
 
 def _arrays_of(source) -> tuple:
-    """The parameters a packed-layer weight is made of: (values, scales), (packed, scales, offsets) or (weight,)."""
+    """The parameters a packed-layer weight is made of: a QuantizedLinear's arrays, or the float weight itself."""
     if not isinstance(source, QuantizedLinear):
         return (source,)
-    if source.bits == 8:
-        return source.weight_values, source.weight_scales
-    return source.weight_packed, source.weight_scales, source.weight_offsets
+    return tuple(getattr(source, name) for name in source.array_names())
 
 
 def _frozen(array) -> Parameter:
