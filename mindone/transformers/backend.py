@@ -390,3 +390,16 @@ def flash_attention(query, key, value, attention_mask, scaling: float):
 def rotary(x, cos, sin):
     """Ascend: half-split (rotate_half) rotary embedding on [batch, heads, seq, dim], cos/sin [batch, 1, seq, dim]."""
     return ops.rotary_position_embedding(x, cos, sin, 0)
+
+
+def copy_cache_row(destination, source, row: int, length: int) -> None:
+    """Slots [0, length) of row 0 of the StaticCache `source` into row `row` of the StaticCache `destination`, in
+    place (a prompt prefilled alone joins a continuous batch): one kernel call for every layer, else a slice
+    assignment per buffer."""
+    buffers = [(dst, src) for pair in ((destination.keys, source.keys), (destination.values, source.values))
+               for dst, src in zip(*pair)]  # fmt: skip
+    if fused_cpu_kernels() and destination.dtype in _KERNEL_DTYPES:
+        kernels.COPY_CACHE_ROW(ms.Tensor([row, length], ms.int32), *(x for pair in buffers for x in pair))
+        return
+    for dst, src in buffers:
+        dst[row : row + 1, :, :length] = src[:, :, :length]

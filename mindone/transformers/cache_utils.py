@@ -110,10 +110,11 @@ class StaticCache(Cache, nn.Cell):
         return self.keys[layer_idx], self.values[layer_idx]
 
     def update(self, key_states, value_states, layer_idx: int, cache_kwargs: Optional[dict] = None):
-        """key/value_states [batch, kv_heads, seq, head_dim] go to slots cache_position[0..seq)."""
+        """key/value_states [batch, kv_heads, seq, head_dim] go to slots cache_position[0..seq), or with a
+        [batch, seq] cache_position each row to its own slots."""
         positions = cache_kwargs["cache_position"]
         batch, heads, seq, _ = key_states.shape
-        slots = positions.reshape(1, 1, seq, 1).broadcast_to((batch, heads, seq, 1))
+        slots = positions.reshape(-1, 1, seq, 1).broadcast_to((batch, heads, seq, 1))
         index = mint.cat([self.row_head.broadcast_to((batch, heads, seq, 2)), slots], dim=-1)
         keys, values = self.keys[layer_idx], self.values[layer_idx]
         ops.scatter_nd_update(keys, index, key_states)
@@ -129,9 +130,9 @@ class StaticCache(Cache, nn.Cell):
     def attention_mask(self, padding_mask, cache_position, dtype, sliding_window):
         """[batch, 1, queries, max_cache_len]: slot j is visible to the query in slot i when j <= i (and
         j > i - sliding_window for windowed layers) and the token in slot j is not padding (`padding_mask` covers
-        all max_cache_len slots)."""
+        all max_cache_len slots). A [batch, seq] cache_position gives each row its own query slots."""
         slots = arange(self.max_cache_len).reshape(1, 1, 1, -1)
-        queries = cache_position.reshape(1, 1, -1, 1)
+        queries = cache_position.reshape(cache_position.shape[0] if cache_position.ndim == 2 else 1, 1, -1, 1)
         visible = slots <= queries
         if sliding_window is not None:
             visible = mint.logical_and(visible, slots > queries - sliding_window)

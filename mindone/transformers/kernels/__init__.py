@@ -41,6 +41,7 @@ RMS_NORM = ADD_RMS_NORM = LAYER_NORM = ADD_LAYER_NORM = None
 LINEAR = LINEAR_BIAS = QKV = QKV_BIAS = MLP = MLP_PACKED = MLP_BLOCK = MLP_BLOCK_PACKED = None
 CACHED_ATTENTION = CACHED_ATTENTION_PACKED = ATTENTION_BLOCK = ROPE_QK = ATTENTION = None
 DECODER_LAYER = DECODER_LAYER_PACKED = WEIGHTS_LAYER = QUANT_WEIGHTS_LAYER = DECODER_STACK = QLINEAR8 = QLINEAR4 = None
+COPY_CACHE_ROW = None
 
 
 @functools.lru_cache(maxsize=None)
@@ -154,6 +155,10 @@ def _packed_attention(qkv, k, v, cos, sin, q_norm, k_norm, k_cache, *rest):
     return (qkv[:-1] + (qkv[-1] - 2 * k_cache[1] * k_cache[3],),)
 
 
+def _one_slot(*shapes):
+    return ((1,),)
+
+
 def _rope(q, k, *rest):
     return q, k
 
@@ -184,7 +189,9 @@ def _create_primitives() -> None:
     QLINEAR8 (x, values int8 [N, K], scales [N, K / group]) / QLINEAR4 (x, packed uint8 [N, K / 2], scales, offsets
         [N, K / 32]) -> x @ dequantized^T, bit for bit LINEAR on the dequantized weight (quantization/formats.py);
     ROPE_QK (q, k, cos, sin, q_norm_w, k_norm_w, cfg) -> (q, k) normed and rotated, same shapes;
-    ATTENTION (q [B, S, H * D], k [B, KV, L, D], v [B, KV, L, D], mask [1 or B, 1, S, L], cfg) -> [B, S, H * D]."""
+    ATTENTION (q [B, S, H * D], k [B, KV, L, D], v [B, KV, L, D], mask [1 or B, 1, S, L], cfg) -> [B, S, H * D];
+    COPY_CACHE_ROW (where int32 [row, length], then destination [B, KV, L, D], source [1, KV, L', D] per buffer)
+        -> int32 [1]: slots [0, length) of each source row 0 copied into the destination row in place (eager)."""
     global RMS_NORM, ADD_RMS_NORM, LAYER_NORM, ADD_LAYER_NORM, LINEAR, LINEAR_BIAS, QKV, QKV_BIAS, MLP, MLP_PACKED
     global MLP_BLOCK, MLP_BLOCK_PACKED, CACHED_ATTENTION, CACHED_ATTENTION_PACKED, ATTENTION_BLOCK, ROPE_QK, ATTENTION
     global DECODER_LAYER, DECODER_LAYER_PACKED, WEIGHTS_LAYER, QUANT_WEIGHTS_LAYER, DECODER_STACK, QLINEAR8, QLINEAR4
@@ -204,6 +211,8 @@ def _create_primitives() -> None:
     QUANT_WEIGHTS_LAYER = Kernel("QuantWeightsLayer", _decoder_layer, outputs=2, writes_inputs=True)
     DECODER_STACK = Kernel("DecoderStack", _decoder_layer, outputs=2, writes_inputs=True)
     QLINEAR8, QLINEAR4 = Kernel("QLinear8", _linear), Kernel("QLinear4", _linear)
+    global COPY_CACHE_ROW
+    COPY_CACHE_ROW = Kernel("CopyCacheRow", _one_slot, writes_inputs=True)
     ROPE_QK = Kernel("RopeQk", _rope, outputs=2)
     ATTENTION = Kernel("Attention", _same)
 

@@ -222,31 +222,37 @@ template <class T> std::vector<float> prepare_queries(const Projections<T> &p, c
   return q;
 }
 
-// Keys (norm, rotary) and values of every token written into [B, KV, L, D] buffers at slot(s).
+// Keys (norm, rotary) and values of every token written into [B, KV, L, D] buffers at slot(b, s).
 template <class T, class Slot>
 void write_keys_values(const Projections<T> &p, const HeadPrep<T> &kprep, int64_t B, int64_t L, T *kc, T *vc, Slot slot) {
   float tmp[p.D];
   for (int64_t b = 0; b < B; b++)
     for (int64_t s = 0; s < p.S; s++)
       for (int64_t g = 0; g < p.KV; g++) {
-        int64_t offset = ((b * p.KV + g) * L + slot(s)) * p.D;
+        int64_t offset = ((b * p.KV + g) * L + slot(b, s)) * p.D;
         kprep(p.key(b, s, g), b, s, tmp);
         for (int64_t d = 0; d < p.D; d++) kc[offset + d] = static_cast<T>(tmp[d]);
         std::memcpy(vc + offset, p.value(b, s, g), sizeof(T) * p.D);
       }
 }
 
-// Keys and values of the projections into the caches at `slots`, then attention of the queries over the caches.
+// Keys and values of the projections into the caches at `pos`, then attention of the queries over the caches.
+// `pos` holds S slots shared by every row, or B * S: each row's own (rows of a continuous batch sit at different
+// lengths).
 template <class T>
 int cached_attention(const Projections<T> &p, int64_t B, const Arg &cos, const Arg &sin, const Arg &qn, const Arg &kn,
                      const Arg &kc, const Arg &vc, const Arg &pos, const Arg &mask, const Config &c, T *out) {
   const int64_t S = p.S, KV = kc.dim(1), L = kc.dim(2), D = kc.dim(3);
-  if (KV != c.kv_heads || D != p.D || c.heads % KV != 0 || pos.numel() != S || mask.dim(-1) != L) return kBadShape;
+  const bool per_row = pos.numel() == B * S && B > 1;
+  if (KV != c.kv_heads || D != p.D || c.heads % KV != 0 || (pos.numel() != S && !per_row) || mask.dim(-1) != L)
+    return kBadShape;
   HeadPrep<T> qprep = head_prep<T>(cos, sin, qn, S, D, c), kprep = head_prep<T>(cos, sin, kn, S, D, c);
   const int32_t *slots = pos.as<int32_t>();
-  for (int64_t s = 0; s < S; s++)
-    if (slots[s] < 0 || slots[s] >= L) return kBadShape;
-  write_keys_values(p, kprep, B, L, kc.as<T>(), vc.as<T>(), [slots](int64_t s) { return slots[s]; });
+  for (int64_t i = 0; i < pos.numel(); i++)
+    if (slots[i] < 0 || slots[i] >= L) return kBadShape;
+  const int64_t row_stride = per_row ? S : 0;
+  write_keys_values(p, kprep, B, L, kc.as<T>(), vc.as<T>(),
+                    [slots, row_stride](int64_t b, int64_t s) { return slots[b * row_stride + s]; });
   std::vector<float> queries = prepare_queries(p, qprep, B);
   int64_t mask_stride = mask.dim(0) == 1 ? 0 : S * L;
   Attend<T>{queries.data(), kc.as<T>(), vc.as<T>(), mask.as<T>(), mask_stride, out, B, S, c.heads, KV, L, D, c}.run();
