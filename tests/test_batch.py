@@ -86,17 +86,24 @@ def test_batched_rows_equal_generating_each_alone(tiny_model_dir, model_and_toke
         assert result["prompt_tokens"] == len(tokenizer(prompt, add_special_tokens="messages" not in row)["input_ids"])
 
 
-def test_finish_reasons(tiny_model_dir, model_and_tokenizer, tmp_path):
+@pytest.mark.parametrize("mode", ["graph", "pynative"])
+def test_finish_reasons(tiny_model_dir, model_and_tokenizer, tmp_path, mode):
+    """Rows that stop at an eos token, a stop string or their own max_new_tokens, in one job (in graph mode they
+    share the slots of one continuous batch)."""
     model, tokenizer = model_and_tokenizer
     prompt = PROMPTS[0]
     free_run = generate_alone(model, tokenizer, prompt, "pynative")
     stop = tokenizer.decode(free_run[:3])[-3:]
     rows = [{"id": "eos", "prompt": prompt, "generation": {"eos_token_id": free_run[4]}},
             {"id": "stop", "prompt": prompt, "generation": {"stop_strings": [stop]}},
-            {"id": "length", "prompt": prompt}]  # fmt: skip
+            {"id": "length", "prompt": prompt}, {"id": "short", "prompt": prompt, "generation": {"max_new_tokens": 2}},
+            {"id": "long", "prompt": prompt, "generation": {"max_new_tokens": 11}}]  # fmt: skip
     output = str(tmp_path / "out.jsonl")
-    run_job(tiny_model_dir, write_jsonl(tmp_path / "in.jsonl", rows), output, "--mode", "pynative")
+    run_job(tiny_model_dir, write_jsonl(tmp_path / "in.jsonl", rows), output, "--mode", mode, "--max_batch_size", "2")
     by_id = {r["id"]: r for r in read_jsonl(output)}
+    assert (by_id["short"]["finish_reason"], by_id["short"]["token_ids"]) == ("length", free_run[:2])
+    long_run = generate_alone(model, tokenizer, prompt, "pynative", max_new_tokens=11)
+    assert (by_id["long"]["finish_reason"], by_id["long"]["token_ids"]) == ("length", long_run)
     first_eos = free_run.index(free_run[4]) + 1
     assert (by_id["eos"]["finish_reason"], by_id["eos"]["token_ids"]) == ("eos", free_run[:first_eos])
     stop_at = next(i for i in range(1, 9) if tokenizer.decode(free_run[:i]).endswith(stop))
@@ -178,7 +185,7 @@ def test_rank_shards_merge_to_the_single_process_output(tiny_model_dir, tmp_path
 
 def _job_command(model_dir, input_path, output_path):
     return [sys.executable, "-m", "mindone.transformers.batch", "--model", model_dir, "--input", input_path,
-            "--output", output_path, "--max_new_tokens", "8", "--max_batch_size", "2", "--mode", "pynative"]  # fmt: skip
+            "--output", output_path, "--max_new_tokens", "8", "--max_batch_size", "2"]  # fmt: skip
 
 
 def _line_count(path):
@@ -189,7 +196,7 @@ def _line_count(path):
 def test_kill_9_at_several_points_then_resume(tiny_model_dir, tmp_path):
     input_path = write_jsonl(tmp_path / "in.jsonl", prompt_rows(30) + ["not json"])
     reference = str(tmp_path / "reference.jsonl")
-    run_job(tiny_model_dir, input_path, reference, "--mode", "pynative", "--max_batch_size", "2")
+    run_job(tiny_model_dir, input_path, reference, "--max_batch_size", "2")
     output = str(tmp_path / "out.jsonl")
     env = {**os.environ, "PYTHONPATH": REPO}
     kills = 0

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from ..modeling_rope_utils import HOST_UPDATED_ROPE, rope_type_of
 from ..utils import set_seed
 from . import store as output_store
-from .job import BatchRunner, Stats, plan_batches, summary
+from .job import BatchRunner, Stats, summary
 from .rows import RowError, error_row, parse_requests, prepare, read_lines
 
 GENERATION_ARGS = {  # CLI flag -> type; None means "keep the model's generation_config value"
@@ -35,7 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="quantize the float checkpoint's weights while loading (docs/quantization.md)")
     parser.add_argument("--input", help="JSONL: {\"id\", \"prompt\"} or {\"id\", \"messages\"}, optional \"generation\"")
     parser.add_argument("--output", required=True, help="JSONL results; an existing file is resumed, not overwritten")
-    parser.add_argument("--max_batch_size", type=int, default=8)
+    parser.add_argument("--max_batch_size", type=int, default=8,
+                        help="graph mode: slots of the continuous batch; pynative: rows per generate() call")
     parser.add_argument("--mode", choices=["graph", "pynative"], default="graph",
                         help="graph: compiled steps over a static cache (default); pynative: dynamic cache")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
@@ -124,7 +125,7 @@ def run(args) -> int:
     runner = BatchRunner(model, tokenizer, mode, args.max_batch_size, args.seed)
     label = f"rank {rank}/{world}" if world > 1 else "generate"
     with tqdm(total=len(todo), unit="row", desc=label, position=rank if world > 1 else None) as progress:
-        runner.run(plan_batches(todo, args.max_batch_size), store, stats, progress)
+        runner.run(todo, store, stats, progress)
     _complete(args, store, target, rank, world)
     print(summary(stats, skipped, time.perf_counter() - start, model), file=sys.stderr)
     failed_rows = sum("error" in row for row in store.rows)

@@ -1,4 +1,5 @@
-"""Runs prepared requests through generate() in length-sorted batches and turns each output into a row."""
+"""Runs prepared requests through continuous batching (or length-sorted generate() batches) and turns each output
+into a row."""
 
 import json
 import time
@@ -10,6 +11,7 @@ import mindspore as ms
 import numpy as np
 from tqdm import tqdm
 
+from ..generation.continuous import BatchRequest, ContinuousBatcher, cache_length_of, check_engine_config
 from ..generation.decoders import compile_seconds
 from ..utils import set_seed
 from .rows import Request
@@ -35,15 +37,20 @@ class Stats:
 
 
 class BatchRunner:
+    """Graph mode runs each group of rows that share their options (all but the per-row length and stop strings)
+    through continuous batching: `max_batch_size` slots, a finished row's slot refilled at once. What the engine
+    cannot serve (beam search, PyNative mode, rope scaling that depends on the batch) runs as length-sorted
+    batches through generate()."""
+
     def __init__(self, model, tokenizer, mode: str, max_batch_size: int, seed: int):
         self.model, self.tokenizer, self.mode = model, tokenizer, mode
         self.max_batch_size, self.seed = max_batch_size, seed
         self.pad_id = _pad_id(tokenizer, model.generation_config)
 
-    def run(self, batches: list, store, stats: Stats, progress: tqdm) -> None:
+    def run(self, requests: list, store, stats: Stats, progress: tqdm) -> None:
         start = time.perf_counter()
-        for batch in batches:
-            rows = self._rows(batch)
+
+        def record(rows: list) -> None:
             store.append(rows)
             stats.ok += sum("error" not in row for row in rows)
             stats.failed += sum("error" in row for row in rows)
@@ -52,11 +59,50 @@ class BatchRunner:
             progress.update(len(rows))
             progress.set_postfix(tok_s=f"{stats.generated_tokens / max(stats.seconds, 1e-9):.1f}")
 
+        ordered = sorted(requests, key=lambda r: (engine_key(r), r.line))
+        for _, group in groupby(ordered, key=engine_key):
+            group = list(group)
+            if self._continuous(group[0]):
+                self._run_continuous(group, record)
+            else:
+                for batch in plan_batches(group, self.max_batch_size):
+                    record(self._rows(batch))
+
+    def _continuous(self, request: Request) -> bool:
+        if self.mode != "graph":
+            return False
+        try:
+            check_engine_config(self.model, request.generation_config)
+        except ValueError:
+            return False
+        return True
+
+    def _run_continuous(self, group: list, record) -> None:
+        """The group's rows through the continuous-batching engine, each row written as soon as it finishes."""
+        by_id = {str(i): request for i, request in enumerate(group)}
+        jobs = [BatchRequest(key, r.token_ids, r.generation_config, _row_seed(self.seed, r.id)) for key, r in by_id.items()]
+        max_positions = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        cache_length = cache_length_of(jobs, max_positions)
+        engine = ContinuousBatcher(self.model, min(self.max_batch_size, len(jobs)), cache_length, self.tokenizer)
+        written = set()
+        try:
+            with self.model._generation_scope():
+                for output in engine.run(jobs):
+                    request = by_id[output.request_id]
+                    if output.error is not None:
+                        record([{"id": request.id, "line": request.line, "error": f"generation failed: {output.error}"}])
+                    else:
+                        record([self._result(request, output.generated_tokens)])
+                    written.add(output.request_id)
+        except Exception as err:  # the rows not written yet say why; the job goes on with the next group
+            message = _failure(err)
+            record([{"id": r.id, "line": r.line, "error": message} for key, r in by_id.items() if key not in written])
+
     def _rows(self, batch: list) -> list:
         try:
             sequences = self._generate(batch)
         except Exception as err:  # one failing batch must not stop the job; its rows say why
-            message = f"generation failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            message = _failure(err)
             return [{"id": r.id, "line": r.line, "error": message} for r in batch]
         return [self._result(request, sequence) for request, sequence in zip(batch, sequences)]
 
@@ -104,6 +150,28 @@ def finish(generated: list, config, tokenizer):
         if stops and any(tokenizer.decode(generated[: i + 1]).endswith(stop) for stop in stops):
             return i + 1, "stop_string"
     return len(generated), "length"
+
+
+def _failure(err: Exception) -> str:
+    return f"generation failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+
+
+_ROW_OWN_OPTIONS = ("max_new_tokens", "max_length", "stop_strings")
+# options whose processors read eos_token_id: with any of them set, rows with other eos tokens cannot share slots
+_READ_EOS = ("min_length", "min_new_tokens", "exponential_decay_length_penalty", "bad_words_ids", "forced_eos_token_id")
+
+
+def engine_key(request: Request) -> str:
+    """Rows with equal keys can share the slots of one continuous batch: equal options but for the ones each row
+    decides on its own (its length, stop strings and end-of-sequence tokens)."""
+    options = request.generation_config.to_diff_dict()
+    own = _ROW_OWN_OPTIONS + (() if any(options.get(name) for name in _READ_EOS) else ("eos_token_id",))
+    return json.dumps({k: v for k, v in options.items() if k not in own}, sort_keys=True, default=str)
+
+
+def _row_seed(seed: int, row_id) -> int:
+    """Sampling seed of one row, from the job's seed and the row's id: the same wherever and whenever it runs."""
+    return (seed * 1_000_003 + zlib.crc32(json.dumps(row_id, sort_keys=True).encode())) % (2**31)
 
 
 def _batch_seed(seed: int, batch: list) -> int:

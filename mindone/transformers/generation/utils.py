@@ -5,6 +5,7 @@ transformers 4.57 step by step so warnings and errors match; decoding is one com
 `_sample` (greedy and multinomial), `_beam_search` (beam search and beam sampling) and `_assisted_decoding`
 (prompt lookup and draft models, in candidate_generator.py)."""
 
+import contextlib
 import copy
 import logging
 import warnings
@@ -15,6 +16,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import mint, ops
 from packaging import version
+from tqdm import tqdm
 from transformers.generation.configuration_utils import GenerationMode
 from transformers.utils import ModelOutput
 
@@ -321,11 +323,17 @@ class GenerationMixin:
         use_model_defaults: Optional[bool] = None,
         **kwargs,
     ):
-        self.check_weights()  # once per call, before a compiled step is chosen, instead of per forward
-        self.__dict__["generating"] = True
-        try:
+        with self._generation_scope():
             return self._generate(inputs, generation_config, logits_processor, stopping_criteria,
                                   prefix_allowed_tokens_fn, assistant_model, streamer, use_model_defaults, **kwargs)
+
+    @contextlib.contextmanager
+    def _generation_scope(self):
+        """Checks the weights once (before a compiled step is chosen) instead of in every forward inside."""
+        self.check_weights()
+        self.__dict__["generating"] = True
+        try:
+            yield
         finally:
             self.__dict__["generating"] = False
 
@@ -386,6 +394,42 @@ class GenerationMixin:
         raise NotImplementedError(
             f"generation mode {mode.value!r} is not supported; use greedy, sampling, beam search or assisted decoding"
         )
+
+    # ------------------------------------------------------------------ continuous batching
+    def generate_batch(self, inputs: list, generation_config: Optional[GenerationConfig] = None, progress_bar: bool = True,
+                       slice_inputs: bool = True, max_batch_size: int = 8, tokenizer=None, **kwargs) -> dict:  # fmt: skip
+        """transformers 4.57's continuous-batching API: generates for every prompt in `inputs` (lists of token ids)
+        over `max_batch_size` slots, a finished row's slot taking the next prompt at once (continuous.py).
+
+        Returns {request_id: GenerationOutput} in input order, request ids "req_0", "req_1", ... as transformers
+        names them; a request that cannot run (too long, invalid) has `error` set and status FAILED. kwargs are
+        GenerationConfig fields (max_new_tokens, do_sample, ...) applied to every request; `tokenizer` is needed
+        for stop strings. Rows are never padded and the decode step always has the slots' static shape, so
+        `slice_inputs` (a padding choice of transformers' paged cache) changes nothing here. Sampled requests draw
+        from generators seeded from numpy's global generator (`set_seed` makes a call reproducible)."""
+        from .continuous import BatchRequest, ContinuousBatcher, cache_length_of, check_engine_config
+
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        config, model_kwargs = self._prepare_generation_config(generation_config, **kwargs)
+        if model_kwargs:
+            raise ValueError(f"generate_batch takes GenerationConfig fields, not {sorted(model_kwargs)}")
+        check_engine_config(self, config)
+        prompts = [list(map(int, np.asarray(ids).reshape(-1))) for ids in inputs]
+        if any(not ids for ids in prompts):
+            raise ValueError("every prompt in `inputs` needs at least one token id")
+        seeds = np.random.randint(0, 2**31 - 1, size=len(prompts))
+        requests = [BatchRequest(f"req_{i}", ids, config, int(seed)) for i, (ids, seed) in enumerate(zip(prompts, seeds))]
+        max_positions = getattr(self.config.get_text_config(), "max_position_embeddings", None)
+        engine = ContinuousBatcher(self, min(max_batch_size, len(requests)) or 1,
+                                   cache_length_of(requests, max_positions), tokenizer)  # fmt: skip
+        results = {}
+        with self._generation_scope(), tqdm(total=len(requests), disable=not progress_bar,
+                                     desc=f"Solving {len(requests)} requests", unit="request") as bar:  # fmt: skip
+            for output in engine.run(requests):
+                results[output.request_id] = output
+                bar.update(1)
+        return {request.request_id: results[request.request_id] for request in requests}
 
     # ------------------------------------------------------------------ greedy / sampling
     def _sample(self, input_ids, attention_mask, logits_processor, stopping_criteria, generation_config, streamer,
