@@ -134,6 +134,23 @@ def test_static_cache_path(pair):
     assert ours.asnumpy().tolist() == expected
 
 
+def test_generate_batch_rows_equal_pytorch_alone(pair):
+    """Continuous batching: rows at their own positions in shared slots (sliding windows, soft-capping and learned
+    positions included) give PyTorch's greedy tokens for each prompt alone."""
+    reference, model = pair
+    prompts = [random_ids(1, n, seed=20 + n)[0].tolist() for n in (9, 3, 14, 6)]
+    if rope_type_of(model.config) in HOST_UPDATED_ROPE:
+        with pytest.raises(ValueError, match="rope scaling"):
+            model.generate_batch(prompts, max_new_tokens=8, progress_bar=False)
+        return
+    results = model.generate_batch(prompts, max_new_tokens=8, do_sample=False, max_batch_size=2, progress_bar=False)
+    eos = reference.generation_config.eos_token_id
+    for i, ids in enumerate(prompts):
+        expected = torch_generate(reference, np.array([ids]), max_new_tokens=8, do_sample=False)[0][len(ids) :]
+        ends = [j for j, token in enumerate(expected) if token == eos]
+        assert results[f"req_{i}"].generated_tokens == (expected[: ends[0] + 1] if ends else expected)
+
+
 def test_loss_with_labels(pair):
     reference, model = pair
     ids = random_ids(2, 10, seed=5)
