@@ -103,8 +103,9 @@ def _flag_on(processor, length: int) -> bool:
 
 class DeviceHead(nn.Cell):
     """(logits [batch, vocab] float32, *inputs) -> next tokens [batch] int32, plus the processed scores and the
-    logits when the caller records them. `inputs` are what `inputs()` makes for the step: flags [n], uniforms
-    [batch], tokens [batch, width], those the head uses."""
+    logits when the caller records them. `inputs` are what `inputs()` makes for the step: flags [n] (or [n, batch,
+    1], one per row, for rows at different lengths: continuous.py), uniforms [batch], tokens [batch, width], those
+    the head uses."""
 
     def __init__(self, steps: list, do_sample: bool, return_scores: bool):
         super().__init__(auto_prefix=False)
