@@ -17,6 +17,7 @@ from mindspore import nn
 
 from ..cache_utils import Cache, DynamicCache, StaticCache
 from ..modeling_rope_utils import HOST_UPDATED_ROPE, rope_switch_length, rope_type_of
+from . import compile_cache
 
 PREFILL_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 MIN_CACHE_LENGTH = 256
@@ -121,6 +122,7 @@ class _CompiledStep(nn.Cell):
         self.model, self.cache, self.head = model, cache, head
         self.signatures = set()
         self.compile_seconds = 0.0
+        compile_cache.own_parameters(self)  # packed layer weights too: a graph loaded from disk binds them by name
         self.graph = ms.jit(self.construct)
 
     def construct(self, input_ids, position_ids, cache_position, attention_mask, *head_inputs):
