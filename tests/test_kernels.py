@@ -116,6 +116,43 @@ def test_qkv(bias):
         assert out.shape == reference.shape and _relative(out, reference) <= 1e-6
 
 
+# More than 8 rows: the blocked GEMM (csrc/gemm.h), odd sizes (edges of its 14-row tiles and 32-output panels).
+MANY_ROWS = [(9, 23, 37), (17, 50, 100), (333, 1000, 577), (29, 16, 64), (64, 33, 200)]
+
+
+@pytest.mark.parametrize("rows, out_features, in_features", MANY_ROWS)
+def test_many_rows_linear_qkv_mlp(rows, out_features, in_features):
+    x, weight, bias = tensor(randn(rows, in_features)), tensor(randn(out_features, in_features)), tensor(randn(out_features))
+    matmul = ops.MatMul(transpose_b=True)
+    reference = matmul(x, weight)
+    assert _relative(kernels.LINEAR(x, weight), reference) <= 1e-6
+    assert _relative(kernels.LINEAR_BIAS(x.reshape(1, rows, -1), weight, bias).reshape(rows, -1), reference + bias) <= 1e-6
+    weights = [weight, tensor(randn(out_features // 2 + 1, in_features)), tensor(randn(7, in_features))]
+    for out, w in zip(kernels.QKV(x, *weights), weights):
+        assert _relative(out, matmul(x, w)) <= 1e-6
+    gate, up = tensor(randn(out_features, in_features) * 0.3), tensor(randn(out_features, in_features) * 0.3)
+    down = tensor(randn(in_features + 3, out_features) * 0.3)
+    for activation, (code, act) in ACTIVATIONS.items():
+        expected = matmul(act(matmul(x * 0.3, gate)) * matmul(x * 0.3, up), down)
+        assert _relative(kernels.MLP(x * 0.3, gate, up, down, kernels.config(code)), expected) <= 1e-5, activation
+
+
+def test_many_rows_float16():
+    x, weight, bias = tensor(randn(21, 70), ms.float16), tensor(randn(45, 70), ms.float16), tensor(randn(45), ms.float16)
+    fused = kernels.LINEAR_BIAS(x, weight, bias)
+    assert fused.dtype == ms.float16
+    reference = ops.MatMul(transpose_b=True)(x.astype(ms.float32), weight.astype(ms.float32)) + bias.astype(ms.float32)
+    assert _relative(fused, reference) <= 1e-3
+
+
+def test_many_rows_products_do_not_depend_on_the_rows_around_them():
+    """Each output is one accumulation over k in order: a row gives the same bits alone in a block of 9 rows as in
+    a prompt of 300 (the packed and unpacked layers of a model must agree exactly)."""
+    x, weight = tensor(randn(300, 96)), tensor(randn(40, 96))
+    whole = kernels.LINEAR(x, weight).asnumpy()
+    assert np.array_equal(kernels.LINEAR(x[150:159].contiguous(), weight).asnumpy(), whole[150:159])
+
+
 def test_linear_float16():
     x, weight = tensor(randn(2, 64), ms.float16), tensor(randn(48, 64), ms.float16)
     fused = kernels.LINEAR(x, weight)

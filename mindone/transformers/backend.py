@@ -60,10 +60,11 @@ def linear_kernel(dtype) -> str:
 def linear(x: ms.Tensor, weight: ms.Tensor, bias=None, kernel: str = "matmul") -> ms.Tensor:
     """x @ weight.T (+ bias) with the weight kept in Hugging Face's (out, in) layout.
 
-    With kernel "fused", decoding (a few rows) uses the fused kernel, which splits the weight rows over both cores.
+    With kernel "fused", the C++ kernel: for a few rows (decoding) it splits the weight rows over both cores, for
+    more (prompts) it runs a blocked GEMM (kernels/csrc/gemm.h; 1.5-2x MindSpore's MatMul at 100-800 rows).
     Otherwise a 2-D MatMul with transpose_b: in PyNative 40x faster on CPU than mint.nn.functional.linear, and
     within noise of it inside a compiled graph."""
-    if kernel == "fused" and decoding_rows(x):
+    if kernel == "fused":
         return kernels.LINEAR(x, weight) if bias is None else kernels.LINEAR_BIAS(x, weight, bias)
     if x.ndim == 2:
         out = _matmul_nt(x, weight)
@@ -231,9 +232,10 @@ def mlp_config(kernel: str, activation: str):
 
 def mlp(kernel: str, x, gate, up, down, act_fn, act_config, packed: bool):
     """down(act(x @ gate^T) * (x @ up^T)). `gate`, `up` and `down` are the projection cells; with `packed` the one
-    cell `gate` holds gate and up (gate rows first, Phi-3's gate_up_proj) and `up` is None. Decoding rows run as one
-    fused kernel."""
-    if kernel == "fused" and decoding_rows(x):
+    cell `gate` holds gate and up (gate rows first, Phi-3's gate_up_proj) and `up` is None. With kernel "fused" any
+    number of rows runs as one kernel (few-row tiles for decoding, the blocked GEMM with the activation fused into
+    the gate/up product for prompts)."""
+    if kernel == "fused":
         return (kernels.MLP_PACKED if packed else kernels.MLP)(x, *_mlp_weights(gate, up, down, packed), act_config)
     if packed:
         both = gate(x)
@@ -245,8 +247,9 @@ def mlp(kernel: str, x, gate, up, down, act_fn, act_config, packed: bool):
 
 
 def qkv_projection(kernel: str, x, q_proj, k_proj, v_proj):
-    """The q, k and v projections (Linear cells with biases or none); decoding rows run as one fused kernel."""
-    if kernel == "fused" and decoding_rows(x):
+    """The q, k and v projections (Linear cells with biases or none); with kernel "fused" one kernel for any number
+    of rows (the three products share one packing of x for prompts)."""
+    if kernel == "fused":
         if q_proj.bias is None:
             return kernels.QKV(x, q_proj.weight, k_proj.weight, v_proj.weight)
         return kernels.QKV_BIAS(x, q_proj.weight, k_proj.weight, v_proj.weight, q_proj.bias, k_proj.bias, v_proj.bias)

@@ -1,4 +1,5 @@
-// Matrix products for the few-row activations of decoding, shared by the linear and attention kernels:
+// Matrix products for the few-row activations of decoding, shared by the linear and attention kernels (more than
+// kFewRows rows go to gemm.h's blocked product):
 // y = x @ w^T with w in Hugging Face's (out, in) layout, optionally with a bias, or gated,
 // y = act(x @ gate^T) * (x @ up^T), with gate and up computed in one pass.
 //
@@ -272,8 +273,12 @@ template <class T> void columns_of(const Product<T> &p, int64_t n0, int64_t n1) 
   else columns<4, 4>(p, n0, n1);
 }
 
+template <class T> void gemm_products(const Product<T> *products, int count);  // gemm.h
+constexpr int64_t kFewRows = 8;  // up to this many rows the tiles above; more: gemm.h's blocked product
+
 // Products of the same x rows (q, k and v; or one alone) as one parallel loop over all their tiles.
 template <class T> void run_products(const Product<T> *products, int count) {
+  if (products[0].M > kFewRows) return gemm_products(products, count);
   int64_t first_tile[4] = {0}, tiles = 0;
   for (int i = 0; i < count; i++) {
     first_tile[i] = tiles;
@@ -311,3 +316,5 @@ template <class T> struct FloatRows {
 };
 
 }  // namespace mk
+
+#include "gemm.h"
