@@ -260,6 +260,14 @@ CASES = {
     "qk_norm_unit_offset": dict(norm_eps=1e-6, unit_offset=True),
     "head_dim_96_odd_slots": dict(head_dim=96, slots=37, rotary_dim=48),
     "fully_masked_query_row": dict(seq=3, start=0, slots=8, padding=(2, 0)),
+    # 8 or more query tokens: the blocked path (score blocks of 8 rows x 48 keys, values 6 rows x 64 dimensions)
+    "prompt_padding": dict(seq=40, start=0, slots=48, padding=(0, 7)),
+    "prompt_mha_window": dict(heads=4, kv_heads=4, seq=33, start=2, slots=40, window=9),
+    "prompt_softcap": dict(seq=20, start=4, slots=30, softcap=2.0, scaling=0.1),
+    "prompt_head_dim_72": dict(head_dim=72, rotary_dim=36, seq=17, start=0, slots=21),
+    "prompt_head_dim_96_fully_masked_rows": dict(head_dim=96, rotary_dim=48, seq=19, start=0, slots=23, padding=(3, 0)),
+    "prompt_mqa_long": dict(heads=8, kv_heads=1, head_dim=64, seq=70, start=0, slots=80),
+    "prompt_after_cached_tokens": dict(seq=9, start=30, slots=100, padding=(5, 0)),
 }
 
 
@@ -280,11 +288,35 @@ def test_cached_attention_packed_qkv():
     assert np.abs(key_cache.asnumpy() - keys).max() <= 1e-5
 
 
-def test_cached_attention_float16():
-    case = Case(dtype=ms.float16)
+@pytest.mark.parametrize("seq", [5, 24])
+def test_cached_attention_float16(seq):
+    case = Case(dtype=ms.float16, seq=seq, slots=seq + 9)
     expected, _, _ = case.reference()
     out, _, _ = case.fused()
     assert out.dtype == ms.float16 and max_error(out, expected) <= 1e-2
+
+
+@pytest.mark.parametrize("seq", [1, 3, 12])
+def test_cached_attention_with_a_position_per_row(seq):
+    """cache_position with B * S entries: each row writes its keys at its own slots and attends up to them."""
+    case = Case(batch=3, seq=seq, slots=40, padding=(0, 0, 2))
+    starts = np.array([0, 9, 25])
+    positions = (starts[:, None] + np.arange(seq)[None, :]).astype(np.int32)
+    visible = np.arange(case.slots)[None, None, :] <= positions[:, :, None]
+    visible[2, :, :2] = False
+    mask = np.where(visible, 0.0, F32_MIN).astype(np.float32)[:, None]
+    q, k = case.rotated()
+    keys, values = case.k_cache.copy(), case.v_cache.copy()
+    v = case._heads(case.v, case.kv_heads).asnumpy()
+    for b in range(case.batch):
+        keys[b][:, positions[b]], values[b][:, positions[b]] = k.asnumpy()[b], v[b]
+    expected = composed.attention(q, tensor(keys), tensor(values), tensor(mask), case.scaling, None)
+    key_cache, value_cache = ms.Parameter(tensor(case.k_cache), name="k"), ms.Parameter(tensor(case.v_cache), name="v")
+    out = kernels.CACHED_ATTENTION(tensor(case.q), tensor(case.k), tensor(case.v), tensor(case.cos), tensor(case.sin),
+                                   tensor(case.q_norm), tensor(case.k_norm), key_cache, value_cache,
+                                   ms.Tensor(positions), tensor(mask), case.config)  # fmt: skip
+    assert max_error(out, expected.reshape(case.batch, seq, -1)) <= 1e-5
+    assert np.abs(key_cache.asnumpy() - keys).max() <= 1e-5 and np.abs(value_cache.asnumpy() - values).max() == 0.0
 
 
 @pytest.mark.parametrize("first_layer", [False, True])

@@ -10,9 +10,11 @@
 // composed softmax gives them weight 0; a query with no visible key averages all L values, as the composed
 // softmax over equal scores does.
 #include <algorithm>
+#include <atomic>
 #include <limits>
 #include <vector>
 
+#include "gemm.h"
 #include "matmul.h"
 #include "norm.h"
 
@@ -197,10 +199,224 @@ template <class T> struct Attend {
   }
 
   void run() const {
+    if (S >= kBlockedQueries) return run_blocked();
     parallel_for(tasks(), 1, [this](int64_t begin, int64_t end) {
       std::vector<float> kt, scores;
       for (int64_t t = begin; t < end; t++) run_task(t, kt, scores);
     });
+  }
+
+  // ---- many queries (prompts): blocked score matrices
+  //
+  // A task is one key/value head and a block of queries: its rows are (query, head of the group) pairs, about 48.
+  // The keys of every (row, key/value head) are transposed once ([D][keys], shared by the tasks), the task's
+  // queries once ([D][rows]); a register-blocked kernel computes 8 rows x 48 keys of scores at a time. The
+  // softmax runs over each row's scores in float32 (two passes: maximum, then exp and sum), and a second kernel
+  // accumulates 6 rows x 64 dimensions of probabilities times values, normalised at the end. Only keys up to the
+  // last one a row of the task sees are computed; masked keys get probability 0, as in attend_row.
+  static constexpr int64_t kBlockedQueries = 8;  // from this many query tokens per row
+  static constexpr int kScoreRows = 8, kScoreVectors = 3, kValueRows = 6, kValueVectors = 4;
+  static constexpr int64_t kScoreKeys = kScoreVectors * kLanes;
+
+  struct Blocked {
+    std::vector<int64_t> first, last;  // visible key range of each mask row [Bm * S]; last < 0: none
+    std::vector<int64_t> seen;         // keys read by row b: 1 + its last visible key over all queries
+    std::vector<float> kt;             // keys transposed, [B, KV] x [D][stride]
+    int64_t stride, rows_per_block, queries_per_block, blocks;
+  };
+
+  void run_blocked() const {
+    Blocked bk;
+    const int64_t Bm = mask_batch_stride == 0 ? 1 : B;
+    const float floor = masked_below<T>();
+    bk.first.assign(Bm * S, 0), bk.last.assign(Bm * S, -1);
+    parallel_for(Bm * S, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; r++) {
+        const T *mrow = mask + (r / S) * mask_batch_stride + (r % S) * L;
+        int64_t j = L - 1;
+        while (j >= 0 && !(to_float(mrow[j]) > floor)) j--;
+        bk.last[r] = j;
+        if (j < 0) continue;
+        int64_t i = 0;
+        while (!(to_float(mrow[i]) > floor)) i++;
+        bk.first[r] = i;
+      }
+    });
+    bk.seen.assign(B, 0);
+    for (int64_t b = 0; b < B; b++)
+      for (int64_t s = 0; s < S; s++) bk.seen[b] = std::max(bk.seen[b], bk.last[(Bm == 1 ? 0 : b) * S + s] + 1);
+    int64_t widest = *std::max_element(bk.seen.begin(), bk.seen.end());
+    bk.stride = (widest + kLanes - 1) / kLanes * kLanes + kScoreKeys;  // room for a task's last 48-key chunk
+    bk.kt.resize(B * KV * D * bk.stride);
+    // keys transposed, 16 at a time (zeros past `seen`, up to stride)
+    const int64_t key_blocks = bk.stride / kLanes;
+    parallel_for(B * KV * key_blocks, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; t++) {
+        const int64_t bg = t / key_blocks, j0 = (t % key_blocks) * kLanes, b = bg / KV;
+        const T *kb = keys + bg * L * D + j0 * D;
+        const int64_t rows = std::max<int64_t>(0, std::min<int64_t>(kLanes, bk.seen[b] - j0));
+        transpose_rows([&](int j, int64_t d) { return loadv(kb + j * D + d); },
+                       [&](int j, int64_t d) { return to_float(kb[j * D + d]); }, rows, D, bk.stride,
+                       bk.kt.data() + bg * D * bk.stride + j0);
+      }
+    });
+    const int64_t group = H / KV;
+    bk.queries_per_block = std::max<int64_t>(1, 48 / group);
+    bk.blocks = (S + bk.queries_per_block - 1) / bk.queries_per_block;
+    bk.rows_per_block = bk.queries_per_block * group;
+    // Tasks taken one at a time by whichever thread is free, the longest (the last queries of a causal mask) first.
+    const int64_t tasks = B * KV * bk.blocks;
+    std::atomic<int64_t> next{0};
+    parallel_for(num_threads(), 1, [&](int64_t, int64_t) {
+      std::vector<float> qt, scores;
+      for (int64_t i = next++; i < tasks; i = next++) {
+        const int64_t block = bk.blocks - 1 - i / (B * KV), bg = i % (B * KV);
+        blocked_task(bk, bg * bk.blocks + block, qt, scores);
+      }
+    });
+  }
+
+  void blocked_task(const Blocked &bk, int64_t task, std::vector<float> &qt, std::vector<float> &sc) const {
+    const int64_t group = H / KV, Bm = mask_batch_stride == 0 ? 1 : B;
+    const int64_t bg = task / bk.blocks, b = bg / KV, g = bg % KV;
+    const int64_t s0 = (task % bk.blocks) * bk.queries_per_block, s1 = std::min(S, s0 + bk.queries_per_block);
+    const int64_t R = (s1 - s0) * group, Rp = (R + kScoreRows - 1) / kScoreRows * kScoreRows;
+    const int64_t *first = bk.first.data() + (Bm == 1 ? 0 : b) * S, *last = bk.last.data() + (Bm == 1 ? 0 : b) * S;
+    const T *vb = values + bg * L * D, *mb = mask + b * mask_batch_stride;
+    auto query_of = [&](int64_t r) { return s0 + r / group; };
+    auto out_of = [&](int64_t r) { return out + ((b * S + query_of(r)) * H + g * group + r % group) * D; };
+    // the task's key range: the union of its rows' visible ranges
+    int64_t lo = L, hi = 0;
+    for (int64_t s = s0; s < s1; s++)
+      if (last[s] >= 0) lo = std::min(lo, first[s]), hi = std::max(hi, last[s] + 1);
+    if (hi == 0) {  // no row sees a key
+      for (int64_t r = 0; r < R; r++) average_values(vb, out_of(r));
+      return;
+    }
+    lo = lo / kLanes * kLanes;
+    const int64_t W = (hi - lo + kScoreKeys - 1) / kScoreKeys * kScoreKeys;
+    // queries transposed [D][Rp]
+    qt.assign(D * Rp, 0.0f);
+    for (int64_t r = 0; r < R; r++) {
+      const float *qv = q + ((b * S + query_of(r)) * H + g * group + r % group) * D;
+      for (int64_t d = 0; d < D; d++) qt[d * Rp + r] = qv[d];
+    }
+    sc.resize(Rp * W);
+    const float *kt = bk.kt.data() + bg * D * bk.stride + lo;
+    for (int64_t r0 = 0; r0 < Rp; r0 += kScoreRows)
+      for (int64_t c = 0; c < W; c += kScoreKeys) score_block(qt.data() + r0, Rp, kt + c, bk.stride, sc.data() + r0 * W + c, W);
+    // softmax of each row over [lo, lo + W): masked or out-of-range keys get 0
+    std::vector<float> inverse(R);
+    for (int64_t r = 0; r < R; r++) {
+      const int64_t s = query_of(r);
+      if (last[s] < 0) continue;
+      inverse[r] = 1.0f / softmax_row(sc.data() + r * W, W, lo, first[s], last[s], mb + s * L);
+    }
+    // probabilities times values, rows of one query block in tiles of 6
+    for (int64_t r0 = 0; r0 < R; r0 += kValueRows) {
+      const int64_t n = std::min<int64_t>(kValueRows, R - r0);
+      int64_t j0 = L, j1 = 0;
+      for (int64_t r = r0; r < r0 + n; r++) {
+        const int64_t s = query_of(r);
+        if (last[s] >= 0) j0 = std::min(j0, first[s]), j1 = std::max(j1, last[s] + 1);
+      }
+      const float *p[kValueRows];
+      T *o[kValueRows];
+      for (int i = 0; i < kValueRows; i++) {
+        const int64_t r = r0 + (i < n ? i : 0);
+        p[i] = sc.data() + r * W - lo;  // indexed by absolute key
+        o[i] = out_of(r);
+      }
+      if (j0 < j1) value_block(p, vb, j0, j1, o, inverse.data() + r0, n);
+      for (int64_t r = r0; r < r0 + n; r++)
+        if (last[query_of(r)] < 0) average_values(vb, out_of(r));
+    }
+  }
+
+  // sc[i][v * 16 + lane] for 8 rows (qt columns, stride Rp) and 48 keys (kt columns, stride `stride`).
+  void score_block(const float *qt, int64_t Rp, const float *kt, int64_t stride, float *sc, int64_t W) const {
+    vf acc[kScoreRows][kScoreVectors];
+    for (int i = 0; i < kScoreRows; i++)
+      for (int v = 0; v < kScoreVectors; v++) acc[i][v] = vf{};
+    for (int64_t d = 0; d < D; d++) {
+      vf kv[kScoreVectors];
+      for (int v = 0; v < kScoreVectors; v++) kv[v] = loadv(kt + d * stride + v * kLanes);
+      const float *qd = qt + d * Rp;
+#pragma GCC unroll 8
+      for (int i = 0; i < kScoreRows; i++)
+        for (int v = 0; v < kScoreVectors; v++) acc[i][v] += kv[v] * qd[i];
+    }
+    for (int i = 0; i < kScoreRows; i++)
+      for (int v = 0; v < kScoreVectors; v++) storev(sc + i * W + v * kLanes, acc[i][v]);
+  }
+
+  // Scores of keys lo.. (W of them) into unnormalised probabilities in place; returns their sum.
+  float softmax_row(float *row, int64_t W, int64_t lo, int64_t first, int64_t last, const T *mrow) const {
+    const float floor = masked_below<T>(), minus_inf = -std::numeric_limits<float>::infinity();
+    vi lane;
+    for (int l = 0; l < kLanes; l++) lane[l] = l;
+    vf maximum = splat(minus_inf);
+    const int64_t end = last + 1 - lo;  // scores past it are not visible
+    for (int64_t c = 0; c < W; c += kLanes) {
+      if (c >= end) {
+        storev(row + c, vf{});
+        continue;
+      }
+      const int64_t j = lo + c, n = std::min<int64_t>(kLanes, last + 1 - j);
+      vf m = n == kLanes ? loadv(mrow + j) : loadn(mrow + j, n);
+      vi index = lane + static_cast<int32_t>(j);
+      auto visible = (index >= static_cast<int32_t>(first)) & (index <= static_cast<int32_t>(last)) & (m > floor);
+      vf s = loadv(row + c) * c_scaling();
+      if (c_softcap() != 0.0f)
+        for (int l = 0; l < kLanes; l++) s[l] = std::tanh(s[l] / c_softcap()) * c_softcap();
+      s = visible ? s + m : splat(minus_inf);
+      storev(row + c, s);
+      maximum = vmax(maximum, s);
+    }
+    const float top = hmax(maximum);
+    vf total = vf{};
+    for (int64_t c = 0; c < std::min(W, (end + kLanes - 1) / kLanes * kLanes); c += kLanes) {
+      vf s = loadv(row + c);
+      vf e = s == minus_inf ? vf{} : vexp(s - top);
+      storev(row + c, e);
+      total += e;
+    }
+    return hsum(total);
+  }
+  float c_scaling() const { return c.scaling; }
+  float c_softcap() const { return c.softcap; }
+
+  // o[i] = inverse[i] * sum over keys j0..j1-1 of p[i][j] * value j, for n (<= 6) rows; 64 dimensions at a time.
+  void value_block(const float *const *p, const T *vb, int64_t j0, int64_t j1, T *const *o, const float *inverse,
+                   int64_t n) const {
+    int64_t d0 = 0;
+    for (; d0 + kValueVectors * kLanes <= D; d0 += kValueVectors * kLanes) value_chunk<kValueVectors>(p, vb, j0, j1, d0, o, inverse, n);
+    for (; d0 + kLanes <= D; d0 += kLanes) value_chunk<1>(p, vb, j0, j1, d0, o, inverse, n);
+    for (; d0 < D; d0++)  // head sizes that are not a multiple of 16
+      for (int64_t i = 0; i < n; i++) {
+        float acc = 0.0f;
+        for (int64_t j = j0; j < j1; j++) acc += p[i][j] * to_float(vb[j * D + d0]);
+        o[i][d0] = static_cast<T>(acc * inverse[i]);
+      }
+  }
+
+  template <int DV>
+  void value_chunk(const float *const *p, const T *vb, int64_t j0, int64_t j1, int64_t d0, T *const *o,
+                   const float *inverse, int64_t n) const {
+    vf acc[kValueRows][DV];
+    for (int i = 0; i < kValueRows; i++)
+      for (int v = 0; v < DV; v++) acc[i][v] = vf{};
+    const float *rows[kValueRows];
+    for (int i = 0; i < kValueRows; i++) rows[i] = p[i];
+    for (int64_t j = j0; j < j1; j++) {
+      vf vv[DV];
+      for (int v = 0; v < DV; v++) vv[v] = loadv(vb + j * D + d0 + v * kLanes);
+#pragma GCC unroll 6
+      for (int i = 0; i < kValueRows; i++)
+        for (int v = 0; v < DV; v++) acc[i][v] += vv[v] * rows[i][j];
+    }
+    for (int64_t i = 0; i < n; i++)
+      for (int v = 0; v < DV; v++) storev(o[i] + d0 + v * kLanes, acc[i][v] * inverse[i]);
   }
 };
 
