@@ -78,6 +78,7 @@ _EXPORTS = {
     "GenerateDecoderOnlyOutput": "generation",
     "GenerateBeamDecoderOnlyOutput": "generation",
     "set_seed": "utils",
+    "set_compile_cache": "generation.compile_cache",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -121,6 +121,7 @@ class _CompiledStep(nn.Cell):
         super().__init__(auto_prefix=False)
         self.model, self.cache, self.head = model, cache, head
         self.signatures = set()
+        self.loaded = set()  # the signatures whose graph came from the disk cache (compile_cache.py)
         self.compile_seconds = 0.0
         compile_cache.own_parameters(self)  # packed layer weights too: a graph loaded from disk binds them by name
         self.graph = ms.jit(self.construct)
@@ -146,11 +147,18 @@ class _CompiledStep(nn.Cell):
         signature = tuple((tuple(x.shape), x.dtype) for x in inputs)
         if signature in self.signatures:
             return _as_tuple(self.graph(*inputs))
-        start = time.perf_counter()  # a new signature compiles: its first call is (almost all) compile time
-        outputs = _as_tuple(self.graph(*inputs))
-        outputs[0].asnumpy()
+
+        def first_call():
+            outputs = _as_tuple(self.graph(*inputs))
+            outputs[0].asnumpy()
+            return outputs
+
+        start = time.perf_counter()  # a new signature compiles (or loads): its first call is (almost all) that
+        outputs, loaded = compile_cache.first_call(self, signature, first_call)
         self.compile_seconds += time.perf_counter() - start
         self.signatures.add(signature)
+        if loaded:
+            self.loaded.add(signature)
         return outputs
 
 

@@ -112,14 +112,15 @@ class QuantizedLayerWeights(nn.Cell):
             else:
                 kind, rows, cols, shift = 0, source.shape[0], source.shape[1] if len(source.shape) == 2 else 0, 0
             layout += [kind, *starts, rows, cols, shift]
-        self.buffer = np.empty(size + self.ALIGNMENT, np.uint8)
-        base = -self.buffer.ctypes.data % self.ALIGNMENT
+        # private: the memory behind the parameters, not a constant of any graph (compile_cache keys skip it)
+        self._buffer = np.empty(size + self.ALIGNMENT, np.uint8)
+        base = -self._buffer.ctypes.data % self.ALIGNMENT
         for param, start in placed:
             array = param.asnumpy()
-            view = self.buffer[base + start : base + start + array.nbytes].view(array.dtype).reshape(array.shape)
+            view = self._buffer[base + start : base + start + array.nbytes].view(array.dtype).reshape(array.shape)
             view[...] = array
             param.set_data(ms.from_numpy(view))
-        data = ms.from_numpy(self.buffer[base : base + max(size, 1)])
+        data = ms.from_numpy(self._buffer[base : base + max(size, 1)])
         self.weights = Parameter(ms.common.initializer.initializer("zeros", data.shape, data.dtype), name=name,
                                  requires_grad=False)  # fmt: skip
         self.weights.set_data(data)
