@@ -417,7 +417,8 @@ class PackedWeights(nn.Cell):
     """A decoder layer's weights as one parameter over their contiguous slices of the loading arena
     (modeling_utils.WeightArena), with each weight's (offset, rows, cols) in `layout`: the layer kernel then takes
     one weight input instead of up to fifteen. Not a child cell, so it adds nothing to the model's state_dict;
-    PreTrainedModel.check_weights drops it when a weight is replaced."""
+    PreTrainedModel.check_weights drops it when a weight is replaced. A compiled step registers its parameter
+    (generation/compile_cache.own_parameters): a graph loaded from disk binds only its cell's own parameters."""
 
     quantized = False
     ORDER = ("input_norm", "q", "k", "v", "o", "q_bias", "k_bias", "v_bias", "o_bias", "q_norm", "k_norm", "post_norm",

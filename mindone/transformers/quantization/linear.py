@@ -88,7 +88,7 @@ class QuantizedLayerWeights(nn.Cell):
     Each weight's entry in `layout` is (kind, data, scales, offsets, rows, cols, group_shift): kind -1 for a weight
     the layer does not have, 0 float, 8 or 4 for the quantized formats; positions in bytes. The layer's parameters
     are re-pointed at their slices (set_data over views), so nothing is held twice; not a child cell, so the
-    state_dict is unchanged."""
+    state_dict is unchanged (a compiled step registers `weights` itself, as for layers.PackedWeights)."""
 
     quantized = True
     ALIGNMENT = 64
