@@ -219,6 +219,42 @@ def test_kill_9_at_several_points_then_resume(tiny_model_dir, tmp_path):
     assert open(output).read() == open(reference).read()
 
 
+def test_a_second_job_loads_its_graphs_from_the_compile_cache(tiny_model_dir, tmp_path):
+    """Separate processes over one cache directory: the first compiles the decode graph and stores it, the second
+    loads it (same rows); --no_compile_cache compiles and stores nothing."""
+    input_path = write_jsonl(tmp_path / "in.jsonl", prompt_rows(5))
+    env = {**os.environ, "PYTHONPATH": REPO, "MINDONE_CACHE": str(tmp_path / "cache"), "MINDONE_COMPILE_CACHE": "1"}
+    for name in ("cache", "cache-off"):
+        _seed_kernel_library(tmp_path / name)
+    summaries, outputs = [], []
+    for run, extra in enumerate([[], [], ["--no_compile_cache"]]):
+        outputs.append(str(tmp_path / f"out{run}.jsonl"))
+        if run == 2:
+            env["MINDONE_CACHE"] = str(tmp_path / "cache-off")
+        done = subprocess.run(_job_command(tiny_model_dir, input_path, outputs[-1]) + extra, env=env, check=True,
+                              capture_output=True, text=True)  # fmt: skip
+        summaries.append(done.stderr.strip().splitlines()[-1])
+    assert "1 graph compiled, 0 loaded" in summaries[0]
+    assert "0 graphs compiled, 1 loaded" in summaries[1]
+    assert "1 graph compiled, 0 loaded" in summaries[2] and not (tmp_path / "cache-off" / "graphs").exists()
+    assert open(outputs[0]).read() == open(outputs[1]).read() == open(outputs[2]).read()
+
+
+def _seed_kernel_library(root):
+    """A fresh cache directory holding this machine's built kernel library, so that a job does not build it again."""
+    import shutil
+
+    from mindone.transformers.kernels import builder, library
+
+    built = library()
+    if built is None:
+        return
+    relative = os.path.relpath(built, builder.cache_root())
+    os.makedirs(os.path.dirname(os.path.join(root, relative)), exist_ok=True)
+    for path in [built] + [built + suffix for suffix in (".sha256",) if os.path.exists(built + suffix)]:
+        shutil.copy2(path, os.path.join(root, os.path.relpath(path, builder.cache_root())))
+
+
 @pytest.mark.slow
 def test_msrun_two_workers_merge_to_the_single_process_output(tiny_model_dir, tmp_path):
     input_path = write_jsonl(tmp_path / "in.jsonl", prompt_rows(10))

@@ -13,6 +13,7 @@ import time
 
 from tqdm import tqdm
 
+from ..generation.compile_cache import set_compile_cache
 from ..modeling_rope_utils import HOST_UPDATED_ROPE, rope_type_of
 from ..utils import set_seed
 from . import store as output_store
@@ -45,6 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--stop_strings", action="append", default=None, help="repeat for several")
     for name, kind in GENERATION_ARGS.items():
         parser.add_argument(f"--{name}", type=kind, default=64 if name == "max_new_tokens" else None)
+    parser.add_argument("--no_compile_cache", action="store_true",
+                        help="compile the graphs in this process instead of loading them from the on-disk cache "
+                             "(docs/performance.md; also MINDONE_COMPILE_CACHE=0)")  # fmt: skip
     parser.add_argument("--fail_on_error", action="store_true", help="exit 1 when any row ends as an error row")
     parser.add_argument("--merge", action="store_true", help="only merge the part files of --output (all ranks done)")
     args = parser.parse_args(argv)
@@ -105,6 +109,8 @@ def run(args) -> int:
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     start = time.perf_counter()
+    if args.no_compile_cache:
+        set_compile_cache(False)
     model, tokenizer = load(args)
     set_seed(args.seed)
     requests, errors = parse_requests(lines, lambda number: (number - 1) % world == rank)

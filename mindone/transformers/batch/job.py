@@ -12,6 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..generation.continuous import BatchRequest, ContinuousBatcher, cache_length_of, check_engine_config
+from ..generation.compile_cache import graph_counts
 from ..generation.decoders import compile_seconds
 from ..utils import set_seed
 from .rows import Request
@@ -191,4 +192,9 @@ def summary(stats: Stats, skipped: int, wall: float, model) -> str:
     rate = stats.generated_tokens / max(stats.seconds, 1e-9)
     return (f"rows ok {stats.ok}, failed {stats.failed}, skipped {skipped} (already in the output); "
             f"{stats.generated_tokens} tokens generated at {rate:.1f} tok/s; wall time {wall:.1f} s, "
-            f"compile {compile_seconds(model):.1f} s")  # fmt: skip
+            f"compile {compile_seconds(model):.1f} s ({_graphs(graph_counts(model))})")  # fmt: skip
+
+
+def _graphs(counts: dict) -> str:
+    plural = "" if counts["compiled"] == 1 else "s"
+    return f"{counts['compiled']} graph{plural} compiled, {counts['loaded']} loaded from the compile cache"
