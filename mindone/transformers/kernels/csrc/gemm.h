@@ -50,22 +50,37 @@ inline void transpose16(vf (&r)[kLanes]) {
   for (int i = 0; i < 16; i += 2) MK_TRANSPOSE_STAGE(1, r[i], r[i + 1]);
 }
 
-// Rows [K] transposed into dst [K][width] at column offset `column`: load(j, k) gives 16 values k..k+15 of row j
-// (j < 16), scalar(j, k) one value (for K % 16). Rows at or past `rows` are written as zeros.
-template <class Load, class Scalar>
-inline void transpose_rows(Load load, Scalar scalar, int64_t rows, int64_t K, int64_t width, float *dst) {
+// G groups of 16 rows [K] transposed side by side into dst [K][width]: load(g, j, k) gives 16 values k..k+15 of
+// row j of group g, scalar(g, j, k) one value (for K % 16). Rows at or past rows[g] are written as zeros. Whole
+// output rows of a 32-wide panel are written at once (two halves one after the other would write each cache line
+// twice, once per half).
+template <int G, class Load, class Scalar>
+inline void transpose_groups(Load load, Scalar scalar, const int64_t (&rows)[G], int64_t K, int64_t width, float *dst) {
   int64_t k = 0;
-  vf r[kLanes];
+  vf r[G][kLanes];
   for (; k + kLanes <= K; k += kLanes) {
-    for (int j = 0; j < kLanes; j++) r[j] = j < rows ? load(j, k) : vf{};
-    transpose16(r);
-    for (int i = 0; i < kLanes; i++) {
-      if (width >= kLanes) storev(dst + (k + i) * width, r[i]);
-      else storen(dst + (k + i) * width, r[i], width);
+    for (int g = 0; g < G; g++) {
+      for (int j = 0; j < kLanes; j++) r[g][j] = j < rows[g] ? load(g, j, k) : vf{};
+      transpose16(r[g]);
     }
+    for (int i = 0; i < kLanes; i++)
+      for (int g = 0; g < G; g++) {
+        if (width >= kLanes) storev(dst + (k + i) * width + g * kLanes, r[g][i]);
+        else storen(dst + (k + i) * width, r[g][i], width);
+      }
   }
   for (; k < K; k++)
-    for (int64_t j = 0; j < std::min<int64_t>(width, kLanes); j++) dst[k * width + j] = j < rows ? scalar(j, k) : 0.0f;
+    for (int g = 0; g < G; g++)
+      for (int64_t j = 0; j < std::min<int64_t>(width, kLanes); j++)
+        dst[k * width + g * kLanes + j] = j < rows[g] ? scalar(g, j, k) : 0.0f;
+}
+
+// One group of 16 rows (see transpose_groups).
+template <class Load, class Scalar>
+inline void transpose_rows(Load load, Scalar scalar, int64_t rows, int64_t K, int64_t width, float *dst) {
+  const int64_t counts[1] = {rows};
+  transpose_groups<1>([&](int, int j, int64_t k) { return load(j, k); }, [&](int, int j, int64_t k) { return scalar(j, k); },
+                      counts, K, width, dst);
 }
 
 // x [M, K] (float32) packed in tiles of 14 rows, each [K][14] with rows beyond M zero.
@@ -88,12 +103,13 @@ struct PackedRows {
 // accumulates from zero in registers and is then added to the running sums, which keeps the rounding error of long
 // rows (K = 1536: 3.5x smaller) near that of MindSpore's MatMul.
 constexpr int64_t kBlockK = 128;
-template <int MV> inline void gemm_micro(const float *wp, const float *xp, int64_t K, vf (&out)[kTileRows][MV]) {
-  for (int i = 0; i < kTileRows; i++)
+template <int MV, int MR = kTileRows>
+inline void gemm_micro(const float *wp, const float *xp, int64_t K, vf (&out)[kTileRows][MV]) {
+  for (int i = 0; i < MR; i++)
     for (int v = 0; v < MV; v++) out[i][v] = vf{};
   for (int64_t k0 = 0; k0 < K; k0 += kBlockK) {
-    vf acc[kTileRows][MV];  // local, so that the accumulators live in registers
-    for (int i = 0; i < kTileRows; i++)
+    vf acc[MR][MV];  // local, so that the accumulators live in registers
+    for (int i = 0; i < MR; i++)
       for (int v = 0; v < MV; v++) acc[i][v] = vf{};
     const int64_t k1 = std::min(K, k0 + kBlockK);
     for (int64_t k = k0; k < k1; k++) {
@@ -101,11 +117,22 @@ template <int MV> inline void gemm_micro(const float *wp, const float *xp, int64
       for (int v = 0; v < MV; v++) wv[v] = loadv(wp + k * MV * kLanes + v * kLanes);
       const float *x = xp + k * kTileRows;
 #pragma GCC unroll 14
-      for (int i = 0; i < kTileRows; i++)
+      for (int i = 0; i < MR; i++)
         for (int v = 0; v < MV; v++) acc[i][v] += wv[v] * x[i];  // a vector times a scalar: an embedded broadcast
     }
-    for (int i = 0; i < kTileRows; i++)
+    for (int i = 0; i < MR; i++)
       for (int v = 0; v < MV; v++) out[i][v] += acc[i][v];
+  }
+}
+
+// gemm_micro for the first `rows` rows of a tile only (the last tile of x): no work on its zero rows.
+template <int MV> inline void gemm_rows(const float *wp, const float *xp, int64_t K, int64_t rows, vf (&out)[kTileRows][MV]) {
+  switch (rows) {
+#define MK_ROWS_CASE(r) case r: return gemm_micro<MV, r>(wp, xp, K, out);
+    MK_ROWS_CASE(1) MK_ROWS_CASE(2) MK_ROWS_CASE(3) MK_ROWS_CASE(4) MK_ROWS_CASE(5) MK_ROWS_CASE(6) MK_ROWS_CASE(7)
+    MK_ROWS_CASE(8) MK_ROWS_CASE(9) MK_ROWS_CASE(10) MK_ROWS_CASE(11) MK_ROWS_CASE(12) MK_ROWS_CASE(13)
+#undef MK_ROWS_CASE
+    default: return gemm_micro<MV>(wp, xp, K, out);
   }
 }
 
@@ -152,6 +179,18 @@ template <class T> struct Gemm {
   // The panel's weight rows as float32 [K][16 MV] (zero rows past N); gated: 16 gate rows, then their up rows.
   void pack_panel(const Product<T> &p, int64_t n0, int MV, float *dst) const {
     const int64_t K = p.K, width = MV * kLanes;
+    if (p.wq == nullptr && MV == 2) {  // both halves in one pass
+      const T *w[2];
+      int64_t rows[2];
+      for (int half = 0; half < 2; half++) {
+        const int64_t first = p.act >= 0 ? n0 : n0 + half * kLanes;
+        w[half] = (p.act >= 0 && half == 1 ? p.up : p.w) + first * K;
+        rows[half] = std::min<int64_t>(kLanes, p.N - first);
+      }
+      transpose_groups<2>([&](int g, int j, int64_t k) { return loadv(w[g] + j * K + k); },
+                          [&](int g, int j, int64_t k) { return to_float(w[g][j * K + k]); }, rows, K, width, dst);
+      return;
+    }
     for (int half = 0; half < MV; half++) {
       const bool second = p.act >= 0 && half == 1;
       const int64_t first = p.act >= 0 ? n0 : n0 + half * kLanes, rows = std::min<int64_t>(kLanes, p.N - first);
@@ -178,8 +217,9 @@ template <class T> struct Gemm {
 
   template <int MV> void block(const Product<T> &p, int64_t n0, const float *wp, int64_t t) const {
     vf acc[kTileRows][MV];
-    gemm_micro<MV>(wp, x.tile(t), p.K, acc);
     const int64_t m0 = t * kTileRows, rows = std::min<int64_t>(kTileRows, p.M - m0);
+    if (rows == kTileRows) gemm_micro<MV>(wp, x.tile(t), p.K, acc);
+    else gemm_rows<MV>(wp, x.tile(t), p.K, rows, acc);
     if (p.act >= 0) {
       const int64_t cols = std::min<int64_t>(kLanes, p.N - n0);
       for (int64_t i = 0; i < rows; i++) {
@@ -241,12 +281,18 @@ template <class T> void gemm_products(const Product<T> *products, int count) {
     for (int64_t t = begin; t < end; t++) g.x.pack(x, t);
   });
   // Chunks of panels taken one at a time by whichever thread is free (a thread another process holds up delays
-  // only the chunk it has), small enough that there are a few per thread.
-  const int64_t step = std::max<int64_t>(1, std::min(g.chunk(), g.panels / (3 * num_threads())));
-  const int64_t chunks = (g.panels + step - 1) / step;
+  // only the chunk it has); chunks shrink towards the end so that the threads finish together.
+  const int64_t threads = num_threads(), chunk = g.chunk();
   std::atomic<int64_t> next{0};
-  parallel_for(num_threads(), 1, [&](int64_t, int64_t) {
-    for (int64_t c = next++; c < chunks; c = next++) g.run_chunk(c * step, std::min(g.panels, (c + 1) * step));
+  parallel_for(threads, 1, [&](int64_t, int64_t) {
+    for (int64_t start = next.load(std::memory_order_relaxed), size;;) {
+      do {
+        if (start >= g.panels) return;
+        size = std::max<int64_t>(1, std::min(chunk, (g.panels - start) / (2 * threads)));
+      } while (!next.compare_exchange_weak(start, start + size, std::memory_order_relaxed));
+      g.run_chunk(start, start + size);
+      start = next.load(std::memory_order_relaxed);
+    }
   });
 }
 
