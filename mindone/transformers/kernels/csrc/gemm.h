@@ -103,8 +103,38 @@ struct PackedRows {
 // accumulates from zero in registers and is then added to the running sums, which keeps the rounding error of long
 // rows (K = 1536: 3.5x smaller) near that of MindSpore's MatMul.
 constexpr int64_t kBlockK = 128;
+
+// Weight rows of the panels a thread computes next, prefetched into L2 one cache line at a time from inside the
+// micro-kernel's k loop while this chunk computes: their packing then reads L2 instead of waiting on memory (the
+// weights of a whole model do not stay in cache between prompts). Issued evenly, not in bursts, which overflow
+// the core's miss queues.
+struct PrefetchQueue {
+  static constexpr int kMaxRows = 16 * 32;
+  const char *rows[kMaxRows];
+  int32_t bytes[kMaxRows];
+  int count = 0, row = 0;
+  int64_t offset = 0, every = 1 << 30, countdown = 1 << 30;
+  void add(const char *start, int64_t size) {
+    if (count < kMaxRows && start != nullptr) rows[count] = start, bytes[count++] = static_cast<int32_t>(size);
+  }
+  int64_t lines() const {
+    int64_t n = 0;
+    for (int i = 0; i < count; i++) n += (bytes[i] + 63) / 64;
+    return n;
+  }
+  inline void tick() {
+    if (--countdown > 0) return;
+    countdown = every;
+    if (row >= count) return;
+    __builtin_prefetch(rows[row] + offset, 0, 2);
+    offset += 64;
+    if (offset >= bytes[row]) offset = 0, row++;
+  }
+};
+
 template <int MV, int MR = kTileRows>
-inline void gemm_micro(const float *wp, const float *xp, int64_t K, vf (&out)[kTileRows][MV]) {
+inline void gemm_micro(const float *wp, const float *xp, int64_t K, vf (&out)[kTileRows][MV],
+                       PrefetchQueue *queue = nullptr) {
   for (int i = 0; i < MR; i++)
     for (int v = 0; v < MV; v++) out[i][v] = vf{};
   for (int64_t k0 = 0; k0 < K; k0 += kBlockK) {
@@ -113,6 +143,7 @@ inline void gemm_micro(const float *wp, const float *xp, int64_t K, vf (&out)[kT
       for (int v = 0; v < MV; v++) acc[i][v] = vf{};
     const int64_t k1 = std::min(K, k0 + kBlockK);
     for (int64_t k = k0; k < k1; k++) {
+      if (queue != nullptr) queue->tick();
       vf wv[MV];
       for (int v = 0; v < MV; v++) wv[v] = loadv(wp + k * MV * kLanes + v * kLanes);
       const float *x = xp + k * kTileRows;
@@ -215,10 +246,11 @@ template <class T> struct Gemm {
                    [&](int, int64_t) { return 0.0f; }, rows, K, width, dst);  // K is a multiple of 16
   }
 
-  template <int MV> void block(const Product<T> &p, int64_t n0, const float *wp, int64_t t) const {
+  template <int MV>
+  void block(const Product<T> &p, int64_t n0, const float *wp, int64_t t, PrefetchQueue *queue) const {
     vf acc[kTileRows][MV];
     const int64_t m0 = t * kTileRows, rows = std::min<int64_t>(kTileRows, p.M - m0);
-    if (rows == kTileRows) gemm_micro<MV>(wp, x.tile(t), p.K, acc);
+    if (rows == kTileRows) gemm_micro<MV>(wp, x.tile(t), p.K, acc, queue);
     else gemm_rows<MV>(wp, x.tile(t), p.K, rows, acc);
     if (p.act >= 0) {
       const int64_t cols = std::min<int64_t>(kLanes, p.N - n0);
@@ -250,8 +282,31 @@ template <class T> struct Gemm {
   int64_t chunk() const { return std::min<int64_t>(kMaxChunk, std::max<int64_t>(1, (384 * 1024 / 4) / (kPanel * x.K))); }
   static constexpr int64_t kMaxChunk = 16;
 
-  // Panels [c0, c1) (at most a chunk): packed, then every x tile run over them.
-  void run_chunk(int64_t c0, int64_t c1) const {
+  // The weight rows of panels [q0, q1) into `queue`.
+  void queue_rows(int64_t q0, int64_t q1, PrefetchQueue &queue) const {
+    for (int64_t q = q0; q < q1; q++) {
+      int i;
+      int64_t n0;
+      const int MV = locate(q, i, n0);
+      const Product<T> &p = products[i];
+      for (int j = 0; j < MV * kLanes; j++) {
+        const bool second = p.act >= 0 && j >= kLanes;
+        const int64_t n = n0 + (p.act >= 0 ? j % kLanes : j);
+        if (n >= p.N) continue;
+        if (p.wq != nullptr) {
+          const QuantWeight &w = second ? *p.upq : *p.wq;
+          const int64_t size = w.bits == 8 ? p.K : p.K / 2;
+          queue.add(static_cast<const char *>(w.values) + n * size, size);
+        } else {
+          queue.add(reinterpret_cast<const char *>((second ? p.up : p.w) + n * p.K), p.K * sizeof(T));
+        }
+      }
+    }
+  }
+
+  // Panels [c0, c1) (at most a chunk): packed, then every x tile run over them; meanwhile the weights of panels
+  // [n0, n1), the thread's next chunk, are prefetched.
+  void run_chunk(int64_t c0, int64_t c1, int64_t n0 = 0, int64_t n1 = 0) const {
     const int64_t panel_floats = kPanel * x.K;
     thread_local std::vector<float> packed;
     if (static_cast<int64_t>(packed.size()) < (c1 - c0) * panel_floats) packed.resize((c1 - c0) * panel_floats);
@@ -261,11 +316,16 @@ template <class T> struct Gemm {
       vectors[q - c0] = locate(q, index[q - c0], first[q - c0]);
       pack_panel(products[index[q - c0]], first[q - c0], vectors[q - c0], packed.data() + (q - c0) * panel_floats);
     }
+    PrefetchQueue queue;
+    queue_rows(n0, n1, queue);
+    // one line every `every` k steps of full tiles, so that the next chunk has arrived when this one ends
+    const int64_t steps = (x.M / kTileRows) * (c1 - c0) * x.K, lines = queue.lines();
+    queue.every = queue.countdown = lines > 0 ? std::max<int64_t>(1, steps / lines) : (int64_t{1} << 40);
     for (int64_t t = 0; t < x.tiles(); t++)
       for (int64_t q = c0; q < c1; q++) {
         const float *wp = packed.data() + (q - c0) * panel_floats;
-        if (vectors[q - c0] == 2) block<2>(products[index[q - c0]], first[q - c0], wp, t);
-        else block<1>(products[index[q - c0]], first[q - c0], wp, t);
+        if (vectors[q - c0] == 2) block<2>(products[index[q - c0]], first[q - c0], wp, t, &queue);
+        else block<1>(products[index[q - c0]], first[q - c0], wp, t, &queue);
       }
   }
 };
@@ -285,13 +345,20 @@ template <class T> void gemm_products(const Product<T> *products, int count) {
   const int64_t threads = num_threads(), chunk = g.chunk();
   std::atomic<int64_t> next{0};
   parallel_for(threads, 1, [&](int64_t, int64_t) {
-    for (int64_t start = next.load(std::memory_order_relaxed), size;;) {
+    // [begin, end) of the next chunk, or false when none is left
+    auto claim = [&](int64_t &begin, int64_t &end) {
+      int64_t start = next.load(std::memory_order_relaxed), size;
       do {
-        if (start >= g.panels) return;
+        if (start >= g.panels) return false;
         size = std::max<int64_t>(1, std::min(chunk, (g.panels - start) / (2 * threads)));
       } while (!next.compare_exchange_weak(start, start + size, std::memory_order_relaxed));
-      g.run_chunk(start, start + size);
-      start = next.load(std::memory_order_relaxed);
+      begin = start, end = start + size;
+      return true;
+    };
+    int64_t begin, end, upcoming_begin = 0, upcoming_end = 0;
+    for (bool more = claim(begin, end); more; begin = upcoming_begin, end = upcoming_end) {
+      more = claim(upcoming_begin, upcoming_end);  // claimed now, so that its weights stream in during this chunk
+      g.run_chunk(begin, end, more ? upcoming_begin : 0, more ? upcoming_end : 0);
     }
   });
 }
