@@ -53,9 +53,11 @@ inline void transpose16(vf (&r)[kLanes]) {
 // G groups of 16 rows [K] transposed side by side into dst [K][width]: load(g, j, k) gives 16 values k..k+15 of
 // row j of group g, scalar(g, j, k) one value (for K % 16). Rows at or past rows[g] are written as zeros. Whole
 // output rows of a 32-wide panel are written at once (two halves one after the other would write each cache line
-// twice, once per half).
+// twice, once per half). With `spill` (width < 16, dst followed by 16 floats of padding) each output row is
+// written as a whole vector whose extra lanes land on the next row, which is written after it.
 template <int G, class Load, class Scalar>
-inline void transpose_groups(Load load, Scalar scalar, const int64_t (&rows)[G], int64_t K, int64_t width, float *dst) {
+inline void transpose_groups(Load load, Scalar scalar, const int64_t (&rows)[G], int64_t K, int64_t width, float *dst,
+                             bool spill = false) {
   int64_t k = 0;
   vf r[G][kLanes];
   for (; k + kLanes <= K; k += kLanes) {
@@ -65,7 +67,7 @@ inline void transpose_groups(Load load, Scalar scalar, const int64_t (&rows)[G],
     }
     for (int i = 0; i < kLanes; i++)
       for (int g = 0; g < G; g++) {
-        if (width >= kLanes) storev(dst + (k + i) * width + g * kLanes, r[g][i]);
+        if (width >= kLanes || spill) storev(dst + (k + i) * width + g * kLanes, r[g][i]);
         else storen(dst + (k + i) * width, r[g][i], width);
       }
   }
@@ -77,25 +79,28 @@ inline void transpose_groups(Load load, Scalar scalar, const int64_t (&rows)[G],
 
 // One group of 16 rows (see transpose_groups).
 template <class Load, class Scalar>
-inline void transpose_rows(Load load, Scalar scalar, int64_t rows, int64_t K, int64_t width, float *dst) {
+inline void transpose_rows(Load load, Scalar scalar, int64_t rows, int64_t K, int64_t width, float *dst,
+                           bool spill = false) {
   const int64_t counts[1] = {rows};
   transpose_groups<1>([&](int, int j, int64_t k) { return load(j, k); }, [&](int, int j, int64_t k) { return scalar(j, k); },
-                      counts, K, width, dst);
+                      counts, K, width, dst, spill);
 }
 
-// x [M, K] (float32) packed in tiles of 14 rows, each [K][14] with rows beyond M zero.
+// x [M, K] (float32) packed in tiles of 14 rows, each [K][14] with rows beyond M zero, followed by 16 floats of
+// padding (written whole, see transpose_groups).
 struct PackedRows {
   float *data;
   int64_t M, K;
   int64_t tiles() const { return (M + kTileRows - 1) / kTileRows; }
-  float *tile(int64_t t) const { return data + t * kTileRows * K; }
+  static int64_t tile_floats(int64_t K) { return kTileRows * K + kLanes; }
+  float *tile(int64_t t) const { return data + t * tile_floats(K); }
 
   void pack(const float *x, int64_t t) const {
     const int64_t m0 = t * kTileRows;
     const float *src = x + m0 * K;
     transpose_rows([&](int j, int64_t k) { return loadv(src + j * K + k); },
                    [&](int j, int64_t k) { return src[j * K + k]; }, std::min<int64_t>(kTileRows, M - m0), K,
-                   kTileRows, tile(t));
+                   kTileRows, tile(t), true);
   }
 };
 
@@ -334,7 +339,7 @@ template <class T> struct Gemm {
 template <class T> void gemm_products(const Product<T> *products, int count) {
   const Product<T> &p0 = products[0];
   const int64_t tiles = (p0.M + kTileRows - 1) / kTileRows;
-  std::unique_ptr<float[]> packed(new float[tiles * kTileRows * p0.K]);
+  std::unique_ptr<float[]> packed(new float[tiles * PackedRows::tile_floats(p0.K)]);
   Gemm<T> g(products, count, packed.get());
   const float *x = p0.x;
   parallel_for(tiles, 4, [&](int64_t begin, int64_t end) {
