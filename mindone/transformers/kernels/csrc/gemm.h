@@ -147,6 +147,7 @@ inline void gemm_micro(const float *wp, const float *xp, int64_t K, vf (&out)[kT
     for (int i = 0; i < MR; i++)
       for (int v = 0; v < MV; v++) acc[i][v] = vf{};
     const int64_t k1 = std::min(K, k0 + kBlockK);
+#pragma GCC unroll 4
     for (int64_t k = k0; k < k1; k++) {
       if (queue != nullptr) queue->tick();
       vf wv[MV];
