@@ -376,8 +376,10 @@ template <class T> struct Attend {
     const float top = hmax(maximum);
     vf total = vf{};
     for (int64_t c = 0; c < std::min(W, (end + kLanes - 1) / kLanes * kLanes); c += kLanes) {
-      vf s = loadv(row + c);
-      vf e = s == minus_inf ? vf{} : vexp(s - top);
+      // exp below e^-80 is 0: it is nothing next to the maximum's 1 in float32, and the near-denormal products
+      // it would feed the value kernel are slow (an additive mask of -1e30 instead of the dtype's minimum: 32x)
+      vf d = loadv(row + c) - top;
+      vf e = d < -80.0f ? vf{} : vexp(d);
       storev(row + c, e);
       total += e;
     }
