@@ -38,10 +38,11 @@ template <class T> int run_qkv(void **params, int *ndims, int64_t **shapes, cons
 template <class T> void gated_mlp(const float *x, int64_t M, int64_t K, WeightRef<T> gate, WeightRef<T> up, const Arg &down,
                                   int act, T *y) {
   const int64_t I = down.dim(1);
-  std::unique_ptr<T[]> hidden(new T[M * I]);
+  std::unique_ptr<float[]> fallback;
+  T *hidden = reinterpret_cast<T *>(reused_scratch(1, (M * I * static_cast<int64_t>(sizeof(T)) + 3) / 4, fallback));
   std::vector<float> gates(M <= kFewRows ? M * I : 0), ups(gates.size());  // scratch of the few-row tiles only
-  run_product(gated_product<T>(x, gate, up, hidden.get(), M, I, K, act, gates.data(), ups.data()));
-  FloatRows<T> hidden_rows(hidden.get(), M * I);
+  run_product(gated_product<T>(x, gate, up, hidden, M, I, K, act, gates.data(), ups.data()));
+  FloatRows<T> hidden_rows(hidden, M * I);
   run_product(plain_product<T>(hidden_rows.data, WeightRef<T>::of(down), nullptr, y, M, down.dim(0), I));
 }
 
