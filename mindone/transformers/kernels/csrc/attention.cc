@@ -221,7 +221,8 @@ template <class T> struct Attend {
   struct Blocked {
     std::vector<int64_t> first, last;  // visible key range of each mask row [Bm * S]; last < 0: none
     std::vector<int64_t> seen;         // keys read by row b: 1 + its last visible key over all queries
-    std::vector<float> kt;             // keys transposed, [B, KV] x [D][stride]
+    float *kt;                         // keys transposed, [B, KV] x [D][stride] (a buffer the thread keeps)
+    std::unique_ptr<float[]> fallback;
     int64_t stride, rows_per_block, queries_per_block, blocks;
   };
 
@@ -247,7 +248,7 @@ template <class T> struct Attend {
       for (int64_t s = 0; s < S; s++) bk.seen[b] = std::max(bk.seen[b], bk.last[(Bm == 1 ? 0 : b) * S + s] + 1);
     int64_t widest = *std::max_element(bk.seen.begin(), bk.seen.end());
     bk.stride = (widest + kLanes - 1) / kLanes * kLanes + kScoreKeys;  // room for a task's last 48-key chunk
-    bk.kt.resize(B * KV * D * bk.stride);
+    bk.kt = reused_scratch(3, B * KV * D * bk.stride, bk.fallback);
     // keys transposed, 16 at a time (zeros past `seen`, up to stride)
     const int64_t key_blocks = bk.stride / kLanes;
     parallel_for(B * KV * key_blocks, 16, [&](int64_t begin, int64_t end) {
@@ -257,7 +258,7 @@ template <class T> struct Attend {
         const int64_t rows = std::max<int64_t>(0, std::min<int64_t>(kLanes, bk.seen[b] - j0));
         transpose_rows([&](int j, int64_t d) { return loadv(kb + j * D + d); },
                        [&](int j, int64_t d) { return to_float(kb[j * D + d]); }, rows, D, bk.stride,
-                       bk.kt.data() + bg * D * bk.stride + j0);
+                       bk.kt + bg * D * bk.stride + j0);
       }
     });
     const int64_t group = H / KV;
@@ -302,7 +303,7 @@ template <class T> struct Attend {
       for (int64_t d = 0; d < D; d++) qt[d * Rp + r] = qv[d];
     }
     sc.resize(Rp * W);
-    const float *kt = bk.kt.data() + bg * D * bk.stride + lo;
+    const float *kt = bk.kt + bg * D * bk.stride + lo;
     for (int64_t r0 = 0; r0 < Rp; r0 += kScoreRows)
       for (int64_t c = 0; c < W; c += kScoreKeys) score_block(qt.data() + r0, Rp, kt + c, bk.stride, sc.data() + r0 * W + c, W);
     // softmax of each row over [lo, lo + W): masked or out-of-range keys get 0
@@ -428,13 +429,14 @@ template <class T> HeadPrep<T> head_prep(const Arg &cos, const Arg &sin, const A
   return HeadPrep<T>{cos.as<T>(), sin.as<T>(), stride, S, D, norm_w.numel() == D ? norm_w.as<T>() : nullptr, c};
 }
 
-// Queries of every token prepared (norm, rotary) into float32 [B, S, H, D].
-template <class T> std::vector<float> prepare_queries(const Projections<T> &p, const HeadPrep<T> &prep, int64_t B) {
-  std::vector<float> q(B * p.S * p.H * p.D);
+// Queries of every token prepared (norm, rotary) into float32 [B, S, H, D] (a buffer the calling thread keeps).
+template <class T> float *prepare_queries(const Projections<T> &p, const HeadPrep<T> &prep, int64_t B,
+                                          std::unique_ptr<float[]> &fallback) {
+  float *q = reused_scratch(2, B * p.S * p.H * p.D, fallback);
   parallel_for(B * p.S * p.H, 64, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; i++) {
       int64_t b = i / (p.S * p.H), s = (i / p.H) % p.S, h = i % p.H;
-      prep(p.query(b, s, h), b, s, q.data() + i * p.D);
+      prep(p.query(b, s, h), b, s, q + i * p.D);
     }
   });
   return q;
@@ -471,9 +473,10 @@ int cached_attention(const Projections<T> &p, int64_t B, const Arg &cos, const A
   const int64_t row_stride = per_row ? S : 0;
   write_keys_values(p, kprep, B, L, kc.as<T>(), vc.as<T>(),
                     [slots, row_stride](int64_t b, int64_t s) { return slots[b * row_stride + s]; });
-  std::vector<float> queries = prepare_queries(p, qprep, B);
+  std::unique_ptr<float[]> fallback;
+  const float *queries = prepare_queries(p, qprep, B, fallback);
   int64_t mask_stride = mask.dim(0) == 1 ? 0 : S * L;
-  Attend<T>{queries.data(), kc.as<T>(), vc.as<T>(), mask.as<T>(), mask_stride, out, B, S, c.heads, KV, L, D, c}.run();
+  Attend<T>{queries, kc.as<T>(), vc.as<T>(), mask.as<T>(), mask_stride, out, B, S, c.heads, KV, L, D, c}.run();
   return kOk;
 }
 

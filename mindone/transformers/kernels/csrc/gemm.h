@@ -338,10 +338,11 @@ template <class T> struct Gemm {
 
 // A scratch buffer of n floats kept by the calling thread for its next calls (up to 16M floats): a fresh buffer
 // of megabytes per call costs its page faults every time (1% of an 800-token prefill for the packed x alone).
-// `slot` tells apart buffers that are live at the same time.
+// `slot` tells apart buffers that are live at the same time: 0 packed x (gemm_products), 1 an MLP's hidden rows,
+// 2 and 3 attention's queries and transposed keys.
 inline float *reused_scratch(int slot, int64_t n, std::unique_ptr<float[]> &fallback) {
   constexpr int64_t kKept = int64_t{1} << 24;
-  thread_local std::vector<float> kept[2];
+  thread_local std::vector<float> kept[4];
   if (n > kKept) {
     fallback.reset(new float[n]);
     return fallback.get();
