@@ -20,8 +20,8 @@ from . import composed, kernels
 _matmul_nt = ops.MatMul(transpose_b=True)
 _matmul = ops.MatMul()
 
-# Rows of activations up to which the fused matrix-vector kernel beats MindSpore's MatMul on CPU (measured with
-# SmolLM2's projections: 1.2x at 4-8 rows, 2x slower from 16 rows, where MatMul's blocked GEMM wins).
+# Rows of activations up to which the few-row kernels (matrix-vector tiles, whole-layer and block kernels) serve a
+# call; more rows (prompts) go to the blocked GEMM (kernels/csrc/gemm.h) and the per-op kernels.
 FUSED_LINEAR_MAX_ROWS = 8
 _KERNEL_DTYPES = (ms.float32, ms.float16)
 ACTIVATIONS = {"silu": 0, "swish": 0, "gelu_pytorch_tanh": 1, "gelu_new": 1, "gelu": 2, "relu": 3}
@@ -307,7 +307,7 @@ def fused_attention(query, key, value, cos, sin, q_norm, k_norm, mask, cache, la
 
 
 def decoding_rows(x) -> bool:
-    """Whether `x` has few enough rows for the fused few-row kernels (decoding; prompts use MatMul)."""
+    """Whether `x` has few enough rows for the fused few-row kernels (decoding; prompts use the blocked GEMM)."""
     return x.size // x.shape[-1] <= FUSED_LINEAR_MAX_ROWS
 
 
