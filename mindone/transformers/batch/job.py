@@ -82,8 +82,7 @@ class BatchRunner:
         """The group's rows through the continuous-batching engine, each row written as soon as it finishes."""
         by_id = {str(i): request for i, request in enumerate(group)}
         jobs = [BatchRequest(key, r.token_ids, r.generation_config, _row_seed(self.seed, r.id)) for key, r in by_id.items()]
-        max_positions = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
-        cache_length = cache_length_of(jobs, max_positions)
+        cache_length = cache_length_of(self.model, jobs)
         engine = ContinuousBatcher(self.model, min(self.max_batch_size, len(jobs)), cache_length, self.tokenizer)
         written = set()
         try:

@@ -105,6 +105,10 @@ def check_engine_config(model, generation_config) -> None:
                          "default PYNATIVE_MODE context")  # fmt: skip
 
 
+def _max_positions(model) -> Optional[int]:
+    return getattr(model.config.get_text_config(), "max_position_embeddings", None)
+
+
 class ContinuousBatcher:
     """`slots` rows over caches of `cache_length` positions. `run(requests)` yields each request's
     GenerationOutput as soon as it finishes. Every request must fit: prompt plus new tokens <= cache_length."""
@@ -112,7 +116,7 @@ class ContinuousBatcher:
     def __init__(self, model, slots: int, cache_length: int, tokenizer=None, prefill_chunk: int = PREFILL_CHUNK):
         self.model, self.slots, self.cache_length, self.tokenizer = model, slots, cache_length, tokenizer
         self.prefill_chunk = prefill_chunk
-        self.max_positions = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+        self.max_positions = _max_positions(model)
         self.vocab = model.config.get_text_config().vocab_size
         self.prefill_cache = StaticCache(model.config, cache_length, 1, model.dtype)
         self.ones = ms.Tensor(np.ones((slots, cache_length), np.int32))
@@ -245,9 +249,10 @@ class ContinuousBatcher:
         return int(backend.argmax(scores).asnumpy()[0])
 
 
-def cache_length_of(requests: list, max_positions: Optional[int]) -> int:
+def cache_length_of(model, requests: list) -> int:
     """The cache length that fits every request, as a power of two (at least 256) so that jobs share few graphs,
     but not past the model's positions (longer requests fail on their own)."""
+    max_positions = _max_positions(model)
     needed = 1
     for request in requests:
         config = request.generation_config

@@ -420,9 +420,8 @@ class GenerationMixin:
             raise ValueError("every prompt in `inputs` needs at least one token id")
         seeds = np.random.randint(0, 2**31 - 1, size=len(prompts))
         requests = [BatchRequest(f"req_{i}", ids, config, int(seed)) for i, (ids, seed) in enumerate(zip(prompts, seeds))]
-        max_positions = getattr(self.config.get_text_config(), "max_position_embeddings", None)
-        engine = ContinuousBatcher(self, min(max_batch_size, len(requests)) or 1,
-                                   cache_length_of(requests, max_positions), tokenizer)  # fmt: skip
+        engine = ContinuousBatcher(self, min(max_batch_size, len(requests)) or 1, cache_length_of(self, requests),
+                                   tokenizer)  # fmt: skip
         results = {}
         with self._generation_scope(), tqdm(total=len(requests), disable=not progress_bar,
                                      desc=f"Solving {len(requests)} requests", unit="request") as bar:  # fmt: skip
