@@ -1,5 +1,11 @@
 """Builds tiny random checkpoints with transformers + PyTorch and runs both frameworks on the same inputs."""
 
+import glob
+import os
+import socket
+import subprocess
+import sys
+
 import numpy as np
 import torch
 import transformers
@@ -75,3 +81,26 @@ def dequantized_twin(path: str, quantized):
             transposed = isinstance(cells[name], Conv1D)  # GPT-2's (in, out) weights were quantized transposed
             cells[name].weight.set_data(ms.Tensor(weight.T if transposed else weight, ms.float32))
     return twin
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_msrun(workers: int, log_dir, script: str, *args, timeout: int = 900) -> subprocess.CompletedProcess:
+    """`script args` on `workers` msrun workers of this machine, with this virtualenv's python (msrun starts
+    `python` from PATH); the workers' output is in log_dir/worker_N.log."""
+    msrun = os.path.join(os.path.dirname(sys.executable), "msrun")
+    env = {**os.environ, "PYTHONPATH": REPO, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    command = [msrun, f"--worker_num={workers}", f"--local_worker_num={workers}", f"--master_port={free_port()}",
+               f"--log_dir={log_dir}", "--join=True", script, *map(str, args)]  # fmt: skip
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def worker_logs(log_dir) -> str:
+    return "".join(open(path).read()[-3000:] for path in sorted(glob.glob(os.path.join(str(log_dir), "worker_*.log"))))

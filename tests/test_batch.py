@@ -4,7 +4,6 @@ resuming after torn writes and real kill -9s, sharding by rank, and fail-fast er
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ import time
 import numpy as np
 import pytest
 import transformers
-from helpers import TINY, dequantized_twin
+from helpers import REPO, TINY, dequantized_twin, run_msrun
 
 import mindspore as ms
 from mindone.transformers import AutoModelForCausalLM
@@ -22,7 +21,6 @@ from mindone.transformers.batch.store import part_path
 PROMPTS = ["The capital of France is", "Once upon a time, in a land far away, there lived", "Water boils at",
            "List three colours:", "A long prompt " + "about many different things, " * 6, "Hi", "Numbers: 1, 2, 3,",
            "The quick brown fox"]  # fmt: skip
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -262,22 +260,11 @@ def test_msrun_two_workers_merge_to_the_single_process_output(tiny_model_dir, tm
     run_job(tiny_model_dir, input_path, single, "--mode", "pynative")
     output = str(tmp_path / "msrun.jsonl")
     script = os.path.join(REPO, "mindone", "transformers", "batch", "__main__.py")
-    msrun = os.path.join(os.path.dirname(sys.executable), "msrun")
-    # msrun starts `python` from PATH for the scheduler and each worker
-    env = {**os.environ, "PYTHONPATH": REPO, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
-    command = [msrun, "--worker_num=2", "--local_worker_num=2", f"--master_port={_free_port()}",
-               f"--log_dir={tmp_path / 'logs'}", "--join=True", script, "--model", tiny_model_dir, "--input",
-               input_path, "--output", output, "--max_new_tokens", "8", "--max_batch_size", "3", "--mode", "pynative"]  # fmt: skip
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    result = run_msrun(2, tmp_path / "logs", script, "--model", tiny_model_dir, "--input", input_path, "--output", output,
+                       "--max_new_tokens", "8", "--max_batch_size", "3", "--mode", "pynative", timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert [r["line"] for r in read_jsonl(part_path(output, 1, 2))] == [2, 4, 6, 8, 10]
     assert open(output).read() == open(single).read()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_graph_mode_falls_back_for_longrope(smollm2_dir, tmp_path, capsys):

@@ -258,6 +258,7 @@ def causal_lm_loss(logits, labels, ignore_index: int = -100):
 class DecoderForCausalLM(DecoderPreTrainedModel, GenerationMixin):
     base_model_class = DecoderModel
     _tied_weights_keys = ["lm_head.weight"]
+    _tp_plan = {"lm_head": "colwise_rep"}  # transformers': the vocabulary split, the logits gathered
 
     def __init__(self, config):
         super().__init__(config)

@@ -16,6 +16,7 @@ from transformers import AutoConfig, GenerationConfig
 from transformers.utils.hub import cached_file, convert_file_size_to_int
 
 from . import backend
+from .integrations import tensor_parallel
 from .layers import Conv1D, Embedding, Linear, init_parameter, parameter_defaults
 from .modeling_rope_utils import HOST_UPDATED_ROPE, rope_type_of
 from .quantization import Int4Groups, Int8Groups, rtn
@@ -214,6 +215,9 @@ class PreTrainedModel(nn.Cell):
         check_dequantize(dequantize, gguf_file)
         quantization = weight_quantization(kwargs.pop("quantization_config", None), kwargs.pop("load_in_8bit", False),
                                            kwargs.pop("load_in_4bit", False), gguf_file)  # fmt: skip
+        tp_plan, tp_size = kwargs.pop("tp_plan", None), kwargs.pop("tp_size", None)
+        if tp_plan is not None or tp_size is not None:
+            tensor_parallel.check_arguments(tp_plan, tp_size, gguf_file, quantization)
         if "torch_dtype" in kwargs:  # transformers' deprecated spelling of `dtype`
             dtype = kwargs.pop("torch_dtype") if dtype is None else dtype
         hub_kwargs = dict(
@@ -240,15 +244,21 @@ class PreTrainedModel(nn.Cell):
             if config is None:
                 config, kwargs = load_config(path, hub_kwargs, **kwargs)
             files = weight_files(path, hub_kwargs)
-            read_tensors = lambda names: (item for file in files for item in iter_safetensors(file))  # noqa: E731
+            read_tensors = lambda names: (item for file in files for item in iter_safetensors(file, model._checkpoint_slice))  # noqa: E731
             generation_config = None
             if cls.can_generate() and _hub_file(path, "generation_config.json", hub_kwargs, required=False):
                 generation_config = GenerationConfig.from_pretrained(path, **hub_kwargs)
         cls._check_model_type(config)
         ms_dtype = resolve_dtype(dtype if dtype is not None else mindspore_dtype, config)
         backend.check_dtype_supported(ms_dtype)
+        parallel, plan = None, None
+        if tp_plan is not None:
+            plan = tensor_parallel.model_plan(cls, config)
+            parallel = tensor_parallel.start(config, plan, tp_size)
         with parameter_defaults(ms_dtype, empty=True):
-            model = cls(config, *model_args)
+            model = cls(config if parallel is None else parallel.local_config, *model_args)
+        if parallel is not None:
+            model._distribute(config, plan, parallel)
         targets = model._quantization_targets(quantization) if quantization is not None else {}
         info = model._load_tensors(read_tensors(list(model.state_dict())), path, targets)
         if quantization is not None:
@@ -268,6 +278,32 @@ class PreTrainedModel(nn.Cell):
                 f"{cls.__name__} expects model_type '{expected}' but the config says '{config.model_type}'; "
                 "use AutoModelForCausalLM to pick the class from the config"
             )
+
+    def _distribute(self, config, plan: dict, parallel) -> None:
+        """Turns this model, built from parallel.local_config, into its tensor-parallel form (one rank's share) that
+        reports the whole model's config."""
+        tensor_parallel.shard(self, plan, parallel)
+        for name, param in self.parameters_and_names():
+            param.name = name  # cells put in place after construction named their parameters by attribute only
+        for _, cell in self.cells_and_names():
+            if isinstance(cell, PreTrainedModel):
+                cell.config = config
+        self.tensor_parallel = parallel
+
+    @property
+    def layers_config(self):
+        """The config the layers were built from: the model's own, or under tensor parallel this rank's share of the
+        heads and features (integrations/tensor_parallel.py); caches are shaped from it."""
+        parallel = self.__dict__.get("tensor_parallel")
+        return self.config if parallel is None else parallel.local_config
+
+    def _checkpoint_slice(self, name: str) -> Optional[tuple]:
+        """(dim, start, stop) of the checkpoint tensor `name` that this rank reads under tensor parallel, else None."""
+        parallel = self.__dict__.get("tensor_parallel")
+        if parallel is None:
+            return None
+        target = self._checkpoint_name(name, parallel.slices)
+        return None if target is None else parallel.slices[target]
 
     def _checkpoint_name(self, name: str, params: dict) -> Optional[str]:
         """Maps a checkpoint key onto this model's names (adds or strips the base-model prefix like HF)."""

@@ -31,8 +31,9 @@ def _header(path: str) -> tuple[dict, int]:
         return json.loads(f.read(length)), 8 + length
 
 
-def iter_safetensors(path: str):
-    """Yields (name, numpy array) one tensor at a time; bfloat16 tensors come back as float32.
+def iter_safetensors(path: str, slice_of=None):
+    """Yields (name, numpy array) one tensor at a time; bfloat16 tensors come back as float32. `slice_of(name)` may
+    return (dim, start, stop): then only that slice of the tensor is read from the file (tensor parallel ranks).
 
     Each array is read from the file into memory of its own (not through a memory map: pages of a mapped file that
     were read stay in the process's resident set until the file is closed, which made loading hold a second copy of
@@ -43,11 +44,13 @@ def iter_safetensors(path: str):
             header, data_start = _header(path)
             with open(path, "rb") as raw:
                 for name in names:
-                    dtype = header[name]["dtype"]
+                    dtype, part = header[name]["dtype"], slice_of(name) if slice_of is not None else None
                     if dtype == "BF16":
-                        yield name, _bf16_to_fp32(_read(raw, name, header[name], data_start, np.uint16))
+                        yield name, _bf16_to_fp32(_read(raw, name, header[name], data_start, np.uint16, part))
                     elif dtype in _NUMPY_DTYPE:
-                        yield name, _read(raw, name, header[name], data_start, _NUMPY_DTYPE[dtype])
+                        yield name, _read(raw, name, header[name], data_start, _NUMPY_DTYPE[dtype], part)
+                    elif part is not None:
+                        raise ValueError(f"tensor '{name}' has dtype {dtype}, which cannot be read in slices")
                     else:
                         yield name, f.get_tensor(name)
     except (SafetensorError, ValueError, struct.error, json.JSONDecodeError) as err:
@@ -56,13 +59,38 @@ def iter_safetensors(path: str):
         ) from None
 
 
-def _read(raw, name: str, entry: dict, data_start: int, dtype) -> np.ndarray:
-    """One tensor's bytes into a new array (safetensors is little-endian, as are the hosts MindSpore runs on)."""
+def _read(raw, name: str, entry: dict, data_start: int, dtype, part=None) -> np.ndarray:
+    """One tensor's bytes into a new array (safetensors is little-endian, as are the hosts MindSpore runs on); with
+    `part` (dim, start, stop) only that slice."""
+    if part is not None:
+        return _read_slice(raw, name, entry, data_start, np.dtype(dtype), part)
     begin, end = entry["data_offsets"]
     array = np.empty(entry["shape"], dtype=dtype)
     raw.seek(data_start + begin)
     if array.nbytes != end - begin or raw.readinto(memoryview(array.reshape(-1)).cast("B")) != end - begin:
         raise ValueError(f"tensor '{name}' does not match its data offsets")
+    return array
+
+
+def _read_slice(raw, name: str, entry: dict, data_start: int, dtype: np.dtype, part: tuple) -> np.ndarray:
+    """Rows [start, stop) of a tensor (dim 0: one read), or columns [start, stop) of a 2-D one (one read per row)."""
+    dim, start, stop = part
+    shape = list(entry["shape"])
+    if dim >= len(shape) or dim > 1 or (dim == 1 and len(shape) != 2) or not 0 <= start < stop <= shape[dim]:
+        raise ValueError(f"tensor '{name}' of shape {tuple(shape)} has no slice [{start}:{stop}] on axis {dim}")
+    begin = data_start + entry["data_offsets"][0]
+    if dim == 0:
+        array = np.empty([stop - start] + shape[1:], dtype=dtype)
+        raw.seek(begin + start * array[:1].nbytes)
+        if raw.readinto(memoryview(array.reshape(-1)).cast("B")) != array.nbytes:
+            raise ValueError(f"tensor '{name}' does not match its data offsets")
+        return array
+    rows, cols = shape
+    array = np.empty((rows, stop - start), dtype=dtype)
+    for row in range(rows):
+        raw.seek(begin + (row * cols + start) * dtype.itemsize)
+        if raw.readinto(memoryview(array[row]).cast("B")) != array[row].nbytes:
+            raise ValueError(f"tensor '{name}' does not match its data offsets")
     return array
 
 

@@ -21,6 +21,9 @@ def parse_args(framework: str, argv=None) -> argparse.Namespace:
                         help="MindSpore only: keep the GGUF file's quantized weights (from_pretrained dequantize=False)")
     parser.add_argument("--quantization", choices=["int8", "int4"], default=None,
                         help="MindSpore only: quantize the float checkpoint's weights while loading (docs/quantization.md)")
+    parser.add_argument("--tp_plan", choices=["auto"], default=None,
+                        help="tensor parallel over the ranks of msrun (MindSpore) or torchrun (PyTorch): "
+                             "docs/tensor_parallel.md")  # fmt: skip
     parser.add_argument("--prompt", action="append", help="repeat for a left-padded batch")
     parser.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
     parser.add_argument("--messages_json", default=None,
@@ -53,11 +56,18 @@ def parse_args(framework: str, argv=None) -> argparse.Namespace:
 
 
 def loading_kwargs(args) -> dict:
-    """from_pretrained arguments for the weights: --keep_quantized and --quantization."""
+    """from_pretrained arguments for the weights: --keep_quantized, --quantization and --tp_plan."""
     kwargs = {"dequantize": False} if args.keep_quantized else {}
     if args.quantization:
         kwargs[f"load_in_{args.quantization[3:]}bit"] = True
+    if args.tp_plan:
+        kwargs["tp_plan"] = args.tp_plan
     return kwargs
+
+
+def first_rank() -> bool:
+    """Whether this process reports: the only one, or rank 0 of msrun (RANK_ID) / torchrun (RANK)."""
+    return int(os.environ.get("RANK_ID", os.environ.get("RANK", 0))) == 0
 
 
 def generation_kwargs(args) -> dict:
@@ -106,6 +116,8 @@ class Timer:
 
 
 def report(framework, args, tokenizer, texts, ids, mask, output_ids, seconds, prompt_logits=None):
+    if not first_rank():  # tensor-parallel ranks all hold the same tokens
+        return
     output_ids = np.asarray(output_ids)
     new_tokens = output_ids[:, ids.shape[1] :]
     print(f"[{framework}] model={args.model_name_or_path} dtype={args.dtype} {generation_kwargs(args)}")

@@ -1,6 +1,7 @@
 """Generate with MindSpore: the same command line as generate_pt.py (PyTorch), for side-by-side checks.
 
     python examples/transformers/llama/generate.py --chat --prompt "What is the capital of France?"
+    msrun --worker_num=3 --local_worker_num=3 --join=True examples/transformers/llama/generate.py --tp_plan auto --chat
 """
 
 import os

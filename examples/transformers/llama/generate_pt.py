@@ -26,7 +26,7 @@ def main(argv=None):
     args = parse_args("PyTorch", argv)
     tokenizer = load_tokenizer(args)
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        args.model_name_or_path, gguf_file=args.gguf_file, dtype=getattr(torch, args.dtype)
+        args.model_name_or_path, gguf_file=args.gguf_file, dtype=getattr(torch, args.dtype), tp_plan=args.tp_plan
     ).eval()
     texts, ids, mask = encode_prompts(tokenizer, args)
     input_ids, attention_mask = torch.tensor(ids), torch.tensor(mask)

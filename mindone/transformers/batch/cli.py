@@ -2,7 +2,9 @@
 
 Single process: rows are appended to --output as batches finish, then the file is put in input order. Under msrun
 (or with RANK_ID / RANK_SIZE set) each rank takes the input lines whose index modulo the world size is its rank,
-writes <output>.part-RRRRR-of-WWWWW, and rank 0 merges the parts into --output once every rank is done."""
+writes <output>.part-RRRRR-of-WWWWW, and rank 0 merges the parts into --output once every rank is done. With
+--tensor_parallel N, each group of N consecutive ranks holds one copy of the model split N ways and serves the
+lines of one part; the group's first rank writes it."""
 
 import argparse
 import glob
@@ -49,6 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no_compile_cache", action="store_true",
                         help="compile the graphs in this process instead of loading them from the on-disk cache "
                              "(docs/performance.md; also MINDONE_COMPILE_CACHE=0)")  # fmt: skip
+    parser.add_argument("--tensor_parallel", type=int, default=1, metavar="N",
+                        help="under msrun: split the model over groups of N ranks (tp_plan='auto'); the groups share "
+                             "the rows (docs/batch.md)")  # fmt: skip
     parser.add_argument("--fail_on_error", action="store_true", help="exit 1 when any row ends as an error row")
     parser.add_argument("--merge", action="store_true", help="only merge the part files of --output (all ranks done)")
     args = parser.parse_args(argv)
@@ -56,6 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--model and --input are required (unless --merge)")
     if args.max_batch_size < 1:
         parser.error("--max_batch_size must be at least 1")
+    if args.tensor_parallel < 1:
+        parser.error("--tensor_parallel must be at least 1")
     if args.keep_quantized and args.gguf_file is None:
         parser.error("--keep_quantized keeps a GGUF file's quantized weights: pass --gguf_file as well")
     if args.quantization and args.gguf_file is not None:
@@ -82,8 +89,9 @@ def load(args):
 
     try:
         quantization = {f"load_in_{args.quantization[3:]}bit": True} if args.quantization else {}
+        parallel = {"tp_plan": "auto", "tp_size": args.tensor_parallel} if args.tensor_parallel > 1 else {}
         model = AutoModelForCausalLM.from_pretrained(args.model, gguf_file=args.gguf_file, dtype=getattr(ms, args.dtype),
-                                                     dequantize=not args.keep_quantized, **quantization)  # fmt: skip
+                                                     dequantize=not args.keep_quantized, **quantization, **parallel)  # fmt: skip
         tokenizer = AutoTokenizer.from_pretrained(args.model, gguf_file=args.gguf_file)
     except (OSError, ValueError, KeyError) as err:
         raise SystemExit(f"error: cannot load model {args.model!r}: {str(err).splitlines()[0]}") from None
@@ -102,18 +110,19 @@ def base_generation_config(args, model, mode: str):
 def run(args) -> int:
     lines = read_lines(args.input)
     rank, world = distributed_rank()
-    target = output_store.part_path(args.output, rank, world) if world > 1 else args.output
-    output_store.check_writable(target)
-    try:
-        store = output_store.OutputStore(target)  # repairs a torn last line; refuses a file that is not ours
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+    if world % args.tensor_parallel:
+        raise SystemExit(f"error: --tensor_parallel {args.tensor_parallel} does not divide the {world} ranks; start "
+                         f"msrun with a multiple of {args.tensor_parallel} workers")  # fmt: skip
+    group, groups = rank // args.tensor_parallel, world // args.tensor_parallel
+    leader = rank % args.tensor_parallel == 0
+    target = output_store.part_path(args.output, group, groups) if groups > 1 else args.output
+    store = _open_store(target, leader, args.tensor_parallel)
     start = time.perf_counter()
     if args.no_compile_cache:
         set_compile_cache(False)
     model, tokenizer = load(args)
     set_seed(args.seed)
-    requests, errors = parse_requests(lines, lambda number: (number - 1) % world == rank)
+    requests, errors = parse_requests(lines, lambda number: (number - 1) % groups == group)
     pending = [r for r in requests if output_store.id_key(r.id) not in store.done]
     new_errors = [row for row in errors if output_store.row_key(row) not in store.done]
     skipped = len(requests) - len(pending) + len(errors) - len(new_errors)
@@ -132,7 +141,7 @@ def run(args) -> int:
     label = f"rank {rank}/{world}" if world > 1 else "generate"
     with tqdm(total=len(todo), unit="row", desc=label, position=rank if world > 1 else None) as progress:
         runner.run(todo, store, stats, progress)
-    _complete(args, store, target, rank, world)
+    _complete(args, store, target, group, groups, leader)
     print(summary(stats, skipped, time.perf_counter() - start, model), file=sys.stderr)
     failed_rows = sum("error" in row for row in store.rows)
     return 1 if args.fail_on_error and failed_rows else 0
@@ -147,14 +156,34 @@ def _mode(requested: str, model) -> str:
     return requested
 
 
-def _complete(args, store, target, rank: int, world: int) -> None:
+def _open_store(target: str, leader: bool, tensor_parallel: int):
+    """The output store of this rank's part. In a tensor-parallel group the first rank opens (and repairs) it, then
+    the others read which rows are done, before any rank goes on: the whole group computes the same rows."""
+    output_store.check_writable(target)
+    store = None
+    if leader:
+        try:
+            store = output_store.OutputStore(target)  # repairs a torn last line; refuses a file that is not ours
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
+    if tensor_parallel > 1:
+        from ..integrations.tensor_parallel import barrier
+
+        barrier()
+        if store is None:
+            store = output_store.FollowerStore(target)
+        barrier()
+    return store
+
+
+def _complete(args, store, target, group: int, groups: int, leader: bool) -> None:
     store.finalize()
-    if world == 1:
+    if groups == 1 or not leader:
         return
     output_store.mark_done(target)
-    if rank == 0:
-        print(f"rank 0: waiting for all {world} ranks, then merging into {args.output}", file=sys.stderr)
-        output_store.merge_parts(args.output, world, wait_seconds=None)
+    if group == 0:
+        print(f"rank 0: waiting for all {groups} parts, then merging into {args.output}", file=sys.stderr)
+        output_store.merge_parts(args.output, groups, wait_seconds=None)
 
 
 def merge_only(output: str) -> int:

@@ -48,6 +48,24 @@ class OutputStore:
         write_rows_atomically(self.path, sorted(self.rows, key=lambda row: row["line"]))
 
 
+class FollowerStore(OutputStore):
+    """The output of a tensor-parallel group seen by its ranks other than the first: they compute every row with
+    the first rank (whose store writes them), so they read which rows are done and write nothing."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.rows = read_rows(path)
+        self.done = {row_key(row) for row in self.rows}
+
+    def append(self, rows: Iterable[dict]) -> None:
+        rows = list(rows)
+        self.rows.extend(rows)
+        self.done.update(row_key(row) for row in rows)
+
+    def finalize(self) -> None:
+        pass
+
+
 def read_rows(path: str, repair: bool = False) -> list:
     """The complete rows in `path` ([] if it does not exist). A torn last line (a kill during a write) is cut off
     when `repair`; anything else unreadable means the file is not this job's output."""

@@ -507,7 +507,9 @@ def first_call(step, signature, call: Callable) -> tuple:
     """Runs `call` - the first call of `step`'s graph for inputs of `signature`, which compiles it - with the disk
     cache: loads the graph from a valid entry, or compiles it and publishes a new entry. Returns (call's result,
     whether the graph was loaded from disk)."""
-    if not enabled() or step.__dict__.get("_compile_cache_unsafe") or _user_manages_cache():
+    # graphs with collectives (tensor parallel) are compiled in each process: rank-specific and not verified on load
+    sharded = step.model.__dict__.get("tensor_parallel") is not None
+    if not enabled() or step.__dict__.get("_compile_cache_unsafe") or _user_manages_cache() or sharded:
         return call(), False
     with _lock:
         try:

@@ -118,7 +118,7 @@ class ContinuousBatcher:
         self.prefill_chunk = prefill_chunk
         self.max_positions = _max_positions(model)
         self.vocab = model.config.get_text_config().vocab_size
-        self.prefill_cache = StaticCache(model.config, cache_length, 1, model.dtype)
+        self.prefill_cache = StaticCache(model.layers_config, cache_length, 1, model.dtype)
         self.ones = ms.Tensor(np.ones((slots, cache_length), np.int32))
         self.head = None
 

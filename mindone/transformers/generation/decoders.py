@@ -45,7 +45,7 @@ class DynamicDecoder:
         self.model = model
         if cache is None and generation_config.use_cache:
             if getattr(model, "_supports_static_cache", False):
-                cache = StaticCache(model.config, generation_config.max_length, batch, model.dtype)
+                cache = StaticCache(model.layers_config, generation_config.max_length, batch, model.dtype)
             else:
                 cache = DynamicCache()
         self.cache = cache if generation_config.use_cache else None
@@ -180,7 +180,7 @@ def compiled_step(model, batch: int, cache_length: int, head=None) -> _CompiledS
     caches = model.__dict__.setdefault("_static_caches", {})
     cache_key = (batch, cache_length, model.dtype)
     if cache_key not in caches:
-        caches[cache_key] = StaticCache(model.config, cache_length, batch, model.dtype)
+        caches[cache_key] = StaticCache(model.layers_config, cache_length, batch, model.dtype)
     key = cache_key + (head.key if head is not None else None, model.__dict__.get("weights_version", 0))
     if key not in _steps_of(model):
         _steps_of(model)[key] = _CompiledStep(model, caches[cache_key], head)

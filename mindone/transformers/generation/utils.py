@@ -297,6 +297,9 @@ class GenerationMixin:
             max_positions = getattr(self.config, "max_position_embeddings", None)
             criteria.append(MaxLengthCriteria(generation_config.max_length, max_positions))
         if generation_config.max_time is not None:
+            if self.__dict__.get("tensor_parallel") is not None:
+                raise ValueError("max_time stops each rank by its own clock, so tensor-parallel ranks would stop at "
+                                 "different steps and wait for each other forever; bound the reply with max_new_tokens")  # fmt: skip
             criteria.append(MaxTimeCriteria(generation_config.max_time))
         if generation_config.stop_strings is not None:
             if tokenizer is None:
