@@ -81,7 +81,12 @@ class HasProjections:
     projections_fused = True
 
     def refresh_projections(self) -> None:
-        self.projections_fused = all_fused(*self.projections())
+        """`inputs_fused`: the projections before the output one are on the fused kernels; `output_partial`: the
+        output projection is a tensor-parallel ReducedLinear that a fused kernel may compute up to its all-reduce."""
+        *inputs, output = self.projections()
+        self.projections_fused = all_fused(*inputs, output)
+        self.inputs_fused = all_fused(*inputs)
+        self.output_partial = getattr(output, "partial", False)
 
 
 class Linear(nn.Cell):
@@ -266,7 +271,7 @@ class Attention(HasProjections, nn.Cell):
             query, key = qkv[:, :, : self.q_size], qkv[:, :, self.q_size : self.q_size + self.kv_size]
             value = qkv[:, :, self.q_size + self.kv_size :]
         else:
-            kernel = "fused" if self.projections_fused else "matmul"
+            kernel = "fused" if self.inputs_fused else "matmul"
             query, key, value = backend.qkv_projection(kernel, hidden_states, self.q_proj, self.k_proj, self.v_proj)
             if self.kernel == "fused":
                 output = self._fused(query, key, value, position_embeddings, attention_mask, past_key_values, cache_position)
@@ -377,6 +382,10 @@ class GatedMLP(HasProjections, nn.Cell):
         return self.kernel == "fused" and self.projections_fused
 
     def construct(self, x):
+        if self.kernel == "fused" and self.inputs_fused and self.output_partial:  # tensor parallel: this rank's share
+            gate, up = (self.gate_up_proj, None) if self.fused_gate_up else (self.gate_proj, self.up_proj)
+            partial = backend.mlp("fused", x, gate, up, self.down_proj, self.act_fn, self.kernel_config, self.fused_gate_up)
+            return self.down_proj.finish(partial)
         kernel = self.kernel if self.kernel != "fused" or self.fused() else "composed"
         if self.fused_gate_up:
             return backend.mlp(kernel, x, self.gate_up_proj, None, self.down_proj, self.act_fn, self.kernel_config, True)

@@ -261,12 +261,18 @@ class ReducedLinear(Linear):
         super().__init__(in_features, out_features, bias)
         self.matmul_kernel, self.kernel = self.kernel, "sharded"
         self.input_start = parallel.rank * in_features if slice_input else -1
+        # a fused MLP kernel may compute this rank's product from the rank's own features, then call finish()
+        self.partial = not slice_input and self.matmul_kernel == "fused"
         self.reduce = ops.AllReduce(group=parallel.group)
 
     def construct(self, x):
         if self.input_start >= 0:
             x = x[..., self.input_start : self.input_start + self.weight.shape[1]]
-        out = self.reduce(backend.linear(x, self.weight, None, self.matmul_kernel))
+        return self.finish(backend.linear(x, self.weight, None, self.matmul_kernel))
+
+    def finish(self, partial):
+        """The layer's output from this rank's partial product: the sum over the ranks, then the bias."""
+        out = self.reduce(partial)
         return out if self.bias is None else out + self.bias
 
 
