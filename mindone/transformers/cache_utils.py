@@ -53,6 +53,9 @@ class DynamicCache(Cache):
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.key_cache[layer_idx].shape[-2] if layer_idx < len(self.key_cache) else 0
 
+    def reset(self) -> None:
+        self.key_cache, self.value_cache = [], []
+
     def crop(self, max_length: int) -> None:
         """Keep the first `max_length` positions (negative: drop that many from the end)."""
         if max_length < 0:
@@ -126,6 +129,16 @@ class StaticCache(Cache, nn.Cell):
 
     def get_max_cache_shape(self) -> int:
         return self.max_cache_len
+
+    def reset(self) -> None:
+        """Forget every token: the next generate() prefills its whole input (the slots are overwritten then)."""
+        self.seen_tokens = 0
+
+    def crop(self, max_length: int) -> None:
+        """Keep the first `max_length` tokens (negative: drop that many from the end); generate() continues after them."""
+        if max_length < 0:
+            max_length = self.seen_tokens - abs(max_length)
+        self.seen_tokens = max(0, min(self.seen_tokens, max_length))
 
     def attention_mask(self, padding_mask, cache_position, dtype, sliding_window):
         """[batch, 1, queries, max_cache_len]: slot j is visible to the query in slot i when j <= i (and

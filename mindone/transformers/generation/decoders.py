@@ -49,8 +49,6 @@ class DynamicDecoder:
             else:
                 cache = DynamicCache()
         self.cache = cache if generation_config.use_cache else None
-        if isinstance(self.cache, StaticCache):
-            self.cache.seen_tokens = 0
         recompute = getattr(model, "recompute_cache_at_rope_switch", False)
         self.rope_switch = rope_switch_length(model.config) if recompute else None
         self.width = generation_config.max_length
@@ -224,6 +222,11 @@ class StaticDecoder:
         eager_prefill = ms.get_context("mode") == ms.PYNATIVE_MODE
         self.bucket = input_length if eager_prefill else prefill_bucket(input_length)
         if cache is not None:
+            if cache.seen_tokens >= input_length or (cache.seen_tokens and not eager_prefill):
+                raise ValueError(
+                    f"the StaticCache holds {cache.seen_tokens} tokens, which generate() continues from (as transformers "
+                    f"does), but the input has {input_length}" + ("" if eager_prefill else " and GRAPH_MODE prefills "
+                    "whole prompts") + "; call cache.reset() or cache.crop(n) to keep fewer")  # fmt: skip
             if input_length + new_tokens > cache.max_cache_len:
                 raise ValueError(
                     f"prompt length {input_length} + {new_tokens} new tokens = {input_length + new_tokens} exceeds the "
@@ -238,7 +241,9 @@ class StaticDecoder:
             self.cache_length = cache_length_for(self.bucket + new_tokens)
         self.batch = batch
         self.cache = self._step(None).cache
-        self.cache.seen_tokens = 0
+        if self.user_cache is None:  # the model's own cache, left filled by an earlier call
+            self.cache.seen_tokens = 0
+        self.prefilled = False
         self.padding = self.bucket - input_length
         self.slot_mask = None
         self.eager = DynamicDecoder(model, generation_config, self.cache, batch) if eager_prefill else None
@@ -257,13 +262,14 @@ class StaticDecoder:
     def _run(self, ids: np.ndarray, mask: np.ndarray, head, *head_inputs) -> tuple:
         step = self._step(head)
         mask = mask.astype(np.int32)
-        seen = self.cache.seen_tokens
-        if seen == 0 and self.eager is not None:
+        seen, prefill = self.cache.seen_tokens, not self.prefilled
+        self.prefilled = True
+        if prefill and self.eager is not None:  # the tokens the cache does not hold yet, op by op
             free = self.cache.max_cache_len - ids.shape[1]
             self.slot_mask = ms.Tensor(np.concatenate([mask, np.ones((ids.shape[0], free), np.int32)], -1))
             logits = self.eager.logits(ids, mask)
             return (logits,) if head is None else _as_tuple(head(logits[:, -1, :], *(ms.Tensor(x) for x in head_inputs)))
-        if seen == 0:  # compiled prefill, left-padded to the bucket
+        if prefill:  # compiled prefill, left-padded to the bucket
             batch, pad = ids.shape[0], self.padding
             ids = np.concatenate([np.zeros((batch, pad), ids.dtype), ids], -1)
             mask = np.concatenate([np.zeros((batch, pad), np.int32), mask], -1)
