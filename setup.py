@@ -25,6 +25,7 @@ setup(
         "console_scripts": [
             "mindone-convert-gguf=mindone.transformers.convert_gguf:main",
             "mindone-generate=mindone.transformers.batch.cli:main",
+            "mindone-chat=mindone.transformers.chat:main",
         ]
     },
 )
