@@ -9,6 +9,8 @@ from typing import Any, Optional
 
 from transformers import GenerationConfig
 
+from ..generation.configuration_utils import check_meaningful
+
 ROW_FIELDS = {"id", "prompt", "messages", "generation"}
 # options that make one input row produce something other than one completion
 ROW_REFUSED_OPTIONS = {"num_return_sequences", "return_dict_in_generate", "output_scores", "output_logits",
@@ -127,6 +129,7 @@ def prepare(request: Request, tokenizer, base_config: GenerationConfig, max_posi
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             config.validate()
+        check_meaningful(config)
     except ValueError as err:
         raise RowError(f"invalid generation options: {str(err).splitlines()[0]}") from None
     if request.messages is not None:

@@ -25,6 +25,7 @@ from transformers.generation.configuration_utils import GenerationMode
 from .. import backend
 from ..cache_utils import StaticCache
 from ..modeling_rope_utils import HOST_UPDATED_ROPE, rope_type_of
+from .configuration_utils import check_meaningful
 from .decoders import cache_length_for, compiled_step
 from .device_head import DeviceHead, _flag_on, _plan, sample_tokens
 
@@ -90,6 +91,7 @@ class _Row:
 
 def check_engine_config(model, generation_config) -> None:
     """Raises ValueError when continuous batching cannot serve this generation config or model."""
+    check_meaningful(generation_config)
     mode = generation_config.get_generation_mode()
     if mode not in (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE):
         raise ValueError(f"generate_batch serves greedy decoding and sampling, not {mode.value}; use generate() for it")

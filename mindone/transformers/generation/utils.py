@@ -17,14 +17,13 @@ import numpy as np
 from mindspore import mint, ops
 from packaging import version
 from tqdm import tqdm
-from transformers.generation.configuration_utils import GenerationMode
 from transformers.utils import ModelOutput
 
 from .. import backend
 from ..cache_utils import Cache, DynamicCache
 from . import logits_process as lp
 from .candidate_generator import get_candidate_generator, speculative_sampling
-from .configuration_utils import GenerationConfig
+from .configuration_utils import GenerationConfig, GenerationMode, check_meaningful
 from .decoders import DynamicDecoder, make_decoder
 from .device_head import DeviceHead, draw_uniforms, sample_tokens
 from .stopping_criteria import (
@@ -369,6 +368,7 @@ class GenerationMixin:
         self._validate_generated_length(generation_config, input_length, has_default_max_length)
 
         processors = self._get_logits_processor(generation_config, input_length, prefix_allowed_tokens_fn, logits_processor)
+        check_meaningful(generation_config)  # after transformers' own errors, for what transformers lets through
         criteria = self._get_stopping_criteria(generation_config, stopping_criteria, tokenizer)
         cache = model_kwargs.get("past_key_values")
         if isinstance(cache, (tuple, list)):  # legacy ((key, value), ...) per layer, converted as transformers does
