@@ -214,3 +214,32 @@ def test_bad_options_raise_like_transformers(pair, kwargs, error):
     with pytest.raises(ValueError) as mine:
         model.generate(ms_tensor(ids), max_new_tokens=3, **kwargs)
     assert error in str(theirs.value) and error in str(mine.value)
+
+
+PROMPT_OPTIONS = {  # transformers applies the encoder_* processors of a decoder-only model to its prompt
+    "encoder_repetition_penalty_2": dict(encoder_repetition_penalty=2.0),
+    "encoder_repetition_penalty_0.5": dict(encoder_repetition_penalty=0.5),
+    "encoder_no_repeat_ngram_1": dict(encoder_no_repeat_ngram_size=1),
+    "encoder_no_repeat_ngram_2_with_penalty": dict(encoder_no_repeat_ngram_size=2, encoder_repetition_penalty=1.5),
+}
+
+
+@pytest.mark.parametrize("cache", [None, "static"])
+@pytest.mark.parametrize("name", sorted(PROMPT_OPTIONS))
+def test_prompt_options_change_the_tokens_like_transformers(pair, name, cache):
+    ids, mask = left_padded([7, 4], 7, seed=12)
+    plain, _ = _run_both(pair, ids, mask, max_new_tokens=10, cache_implementation=cache)
+    ours, expected = _run_both(pair, ids, mask, max_new_tokens=10, cache_implementation=cache, **PROMPT_OPTIONS[name])
+    assert ours.asnumpy().tolist() == expected.numpy().tolist()
+    assert ours.asnumpy().tolist() != plain.asnumpy().tolist()  # the option did something
+
+
+def test_prompt_options_in_generate_batch_equal_each_prompt_alone(pair):
+    reference, model = pair
+    prompts = [random_ids(1, length, seed=20 + length)[0].tolist() for length in (5, 8, 3)]
+    options = dict(encoder_no_repeat_ngram_size=2, encoder_repetition_penalty=1.5, max_new_tokens=8)
+    outputs = model.generate_batch(prompts, max_batch_size=2, **options)
+    for number, prompt in enumerate(prompts):
+        with torch.no_grad():
+            alone = reference.generate(torch.tensor([prompt]), **options)[0, len(prompt) :].tolist()
+        assert outputs[f"req_{number}"].generated_tokens == alone

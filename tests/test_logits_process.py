@@ -22,7 +22,19 @@ def _allowed(row):
     return [row[-1].item() % VOCAB, 7, 11]
 
 
+PROMPTS = np.random.default_rng(7).integers(0, 4, size=(3, 8)).astype(np.int64)  # the ids' small range: shared n-grams
+
+
+def _prompts(module):
+    return torch.tensor(PROMPTS) if module is hf else PROMPTS
+
+
 CASES = {
+    "encoder_repetition_penalty": lambda m: m.EncoderRepetitionPenaltyLogitsProcessor(1.7, _prompts(m)),
+    "encoder_repetition_penalty_below_1": lambda m: m.EncoderRepetitionPenaltyLogitsProcessor(0.6, _prompts(m)),
+    "no_repeat_encoder_ngram_1": lambda m: m.EncoderNoRepeatNGramLogitsProcessor(1, _prompts(m)),
+    "no_repeat_encoder_ngram_2": lambda m: m.EncoderNoRepeatNGramLogitsProcessor(2, _prompts(m)),
+    "no_repeat_encoder_ngram_3": lambda m: m.EncoderNoRepeatNGramLogitsProcessor(3, _prompts(m)),
     "sequence_bias_dict": lambda m: m.SequenceBiasLogitsProcessor({(4,): 2.5, (3, 5): -4.0, (1, 2, 6): 1.5}),
     "sequence_bias_list": lambda m: m.SequenceBiasLogitsProcessor([[[4], 2.5], [[3, 5], -4.0]]),
     "repetition_penalty": lambda m: m.RepetitionPenaltyLogitsProcessor(1.3),
@@ -108,6 +120,8 @@ def test_processors_chain_in_a_list():
         (lambda m: m.EtaLogitsWarper(2.0), "`eta_cutoff` has to be a float > 0 and < 1"),
         (lambda m: m.EpsilonLogitsWarper(0.0), "`epsilon_cutoff` has to be a float > 0 and < 1"),
         (lambda m: m.MinPLogitsWarper(1.5), "`min_p` has to be a float in the [0, 1] interval"),
+        (lambda m: m.EncoderRepetitionPenaltyLogitsProcessor(0.0, _prompts(m)), "`penalty` has to be a strictly positive"),
+        (lambda m: m.EncoderNoRepeatNGramLogitsProcessor(0, _prompts(m)), "`encoder_ngram_size` has to be a strictly"),
     ],
 )
 def test_invalid_arguments_raise_like_transformers(factory, message):
@@ -115,3 +129,27 @@ def test_invalid_arguments_raise_like_transformers(factory, message):
         with pytest.raises(ValueError) as excinfo:
             factory(module)
         assert message in str(excinfo.value)
+
+
+@pytest.mark.parametrize("scale", [1.5, 3.0])
+def test_classifier_free_guidance_matches_transformers(scale):
+    ids, _ = _inputs(3, batch=2)
+    scores = np.random.default_rng(4).normal(size=(4, VOCAB)).astype(np.float32)
+    expected = hf.ClassifierFreeGuidanceLogitsProcessor(scale)(torch.tensor(ids), torch.tensor(scores)).numpy()
+    got = ours.ClassifierFreeGuidanceLogitsProcessor(scale)(ms.Tensor(ids), ms.Tensor(scores)).asnumpy()
+    _assert_same(got, expected)
+    for module in (hf, ours):
+        with pytest.raises(ValueError, match="Require guidance scale >1"):
+            module.ClassifierFreeGuidanceLogitsProcessor(1.0)
+
+
+@pytest.mark.parametrize("threshold", [0.01, 0.3, 0.9])
+def test_confidence_criteria_matches_transformers(threshold):
+    import transformers.generation.stopping_criteria as hf_stop
+
+    from mindone.transformers.generation import ConfidenceCriteria
+
+    ids, scores = _inputs(5, batch=1)
+    steps = (scores * 0.3, scores)
+    expected = hf_stop.ConfidenceCriteria(threshold)(torch.tensor(ids), tuple(torch.tensor(s) for s in steps))
+    assert ConfidenceCriteria(threshold)(ms.Tensor(ids), tuple(ms.Tensor(s) for s in steps)) == expected

@@ -1,5 +1,11 @@
-from .configuration_utils import GenerationConfig
+from transformers.generation import BaseWatermarkingConfig, CompileConfig, SynthIDTextWatermarkingConfig, WatermarkingConfig
+
+from .candidate_generator import AssistedCandidateGenerator, CandidateGenerator, PromptLookupCandidateGenerator
+from .configuration_utils import GenerationConfig, GenerationMode
 from .logits_process import (
+    ClassifierFreeGuidanceLogitsProcessor,
+    EncoderNoRepeatNGramLogitsProcessor,
+    EncoderRepetitionPenaltyLogitsProcessor,
     EpsilonLogitsWarper,
     EtaLogitsWarper,
     ExponentialDecayLengthPenalty,
@@ -25,12 +31,22 @@ from .logits_process import (
     TypicalLogitsWarper,
 )
 from .stopping_criteria import (
+    ConfidenceCriteria,
     EosTokenCriteria,
     MaxLengthCriteria,
     MaxTimeCriteria,
     StoppingCriteria,
     StoppingCriteriaList,
     StopStringCriteria,
+    validate_stopping_criteria,
 )
 from .streamers import AsyncTextIteratorStreamer, BaseStreamer, TextIteratorStreamer, TextStreamer
-from .utils import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput, GenerationMixin
+from .utils import (
+    BeamSampleDecoderOnlyOutput,
+    BeamSearchDecoderOnlyOutput,
+    GenerateBeamDecoderOnlyOutput,
+    GenerateDecoderOnlyOutput,
+    GenerationMixin,
+    GreedySearchDecoderOnlyOutput,
+    SampleDecoderOnlyOutput,
+)

@@ -139,7 +139,7 @@ class ContinuousBatcher:
             raise ValueError(f"the prompt of {length} tokens with {config.max_length - length} new tokens needs "
                              f"{config.max_length} positions and {limited_by} has {limit}; shorten the prompt or "
                              "lower max_new_tokens")  # fmt: skip
-        processors = model._get_logits_processor(config, length, None, None)
+        processors = model._get_logits_processor(config, length, None, None, [request.input_ids])
         criteria = model._get_stopping_criteria(config, None, self.tokenizer)
         head = DeviceHead.build(processors, config, self.vocab)
         if self.head is None:

@@ -173,6 +173,62 @@ class RepetitionPenaltyLogitsProcessor(LogitsProcessor):
         return ops.tensor_scatter_elements(scores, index, penalised, axis=1)
 
 
+class EncoderRepetitionPenaltyLogitsProcessor(LogitsProcessor):
+    """Scores of the prompt's tokens (`encoder_input_ids`, [batch, length]: for a decoder-only model the input ids)
+    are multiplied by `penalty` where positive and divided where negative: penalty > 1 favours them, < 1 avoids
+    them (transformers' hallucination penalty). Like transformers, the prompt rows are applied to the first rows."""
+
+    def __init__(self, penalty: float, encoder_input_ids):
+        if not isinstance(penalty, float) or not penalty > 0:
+            raise ValueError(f"`penalty` has to be a strictly positive float, but is {penalty}")
+        self.penalty = 1 / penalty
+        self.encoder_input_ids = ms.Tensor(np.asarray(_host_ids(encoder_input_ids), np.int32))
+
+    def __call__(self, input_ids, scores):
+        rows = self.encoder_input_ids.shape[0]
+        head = scores[:rows]
+        seen = ops.gather_elements(head, 1, self.encoder_input_ids)
+        changed = mint.where(seen < 0, seen * self.penalty, seen / self.penalty)
+        head = ops.tensor_scatter_elements(head, self.encoder_input_ids, changed, axis=1)
+        return head if rows == scores.shape[0] else mint.cat([head, scores[rows:]], dim=0)
+
+
+class EncoderNoRepeatNGramLogitsProcessor(LogitsProcessor):
+    """Bans every token that would repeat an n-gram of the prompt (`encoder_input_ids`); hypotheses i use prompt
+    row i // (hypotheses per prompt), as in transformers."""
+
+    def __init__(self, encoder_ngram_size: int, encoder_input_ids):
+        if not isinstance(encoder_ngram_size, int) or encoder_ngram_size <= 0:
+            raise ValueError(f"`encoder_ngram_size` has to be a strictly positive integer, but is {encoder_ngram_size}")
+        self.ngram_size = encoder_ngram_size
+        prompts = np.asarray(_host_ids(encoder_input_ids))
+        prompts = prompts[None] if prompts.ndim == 1 else prompts
+        self.batch_size = prompts.shape[0]
+        self.generated_ngrams = [_ngrams(row.tolist(), encoder_ngram_size) for row in prompts]
+
+    def __call__(self, input_ids, scores):
+        hypotheses, length = scores.shape[0], input_ids.shape[-1]
+        per_prompt = hypotheses // self.batch_size
+        ids = _host_ids(input_ids)
+        banned = np.zeros(scores.shape, dtype=bool)
+        for row in range(hypotheses):
+            key = tuple(ids[row, length + 1 - self.ngram_size : length].tolist())
+            banned[row, self.generated_ngrams[row // per_prompt].get(key, [])] = True
+        return _fill(scores, ms.Tensor(banned))
+
+
+def _host_ids(ids) -> np.ndarray:
+    return ids.asnumpy() if isinstance(ids, ms.Tensor) else np.asarray(ids)
+
+
+def _ngrams(tokens: list, n: int) -> dict:
+    """{the first n - 1 tokens of each n-gram of `tokens`: the tokens that followed them}."""
+    following = {}
+    for ngram in zip(*[tokens[i:] for i in range(n)]):
+        following.setdefault(tuple(ngram[:-1]), []).append(ngram[-1])
+    return following
+
+
 class NoRepeatNGramLogitsProcessor(LogitsProcessor):
     """Bans every token that would repeat an n-gram already present in the row."""
 
@@ -438,3 +494,26 @@ class LogitNormalization(LogitsProcessor):
 
     def __call__(self, input_ids, scores):
         return ops.log_softmax(scores, -1)
+
+
+class ClassifierFreeGuidanceLogitsProcessor(LogitsProcessor):
+    """Classifier-free guidance over a doubled batch: the first half of `scores` are the conditional rows, the second
+    half the unconditional ones; returns uncond + guidance_scale * (cond - uncond) for the first half."""
+
+    def __init__(self, guidance_scale):
+        if guidance_scale > 1:
+            self.guidance_scale = guidance_scale
+        else:
+            raise ValueError("Require guidance scale >1 to use the classifier free guidance processor, got guidance "
+                             f"scale {guidance_scale}.")  # fmt: skip
+
+    def __call__(self, input_ids, scores):
+        if scores.shape[0] != 2 * input_ids.shape[0]:
+            raise ValueError(
+                "Logits should have twice the batch size of the input ids, the first half of batches corresponding to "
+                "the conditional inputs, and the second half of batches corresponding to the unconditional inputs. Got "
+                f"batch size {scores.shape[0]} for the logits and {input_ids.shape[0]} for the input ids."
+            )
+        rows = scores.shape[0] // 2
+        cond, uncond = scores[:rows], scores[rows:]
+        return uncond + (cond - uncond) * self.guidance_scale

@@ -1,6 +1,8 @@
 """Stopping criteria: callables `(input_ids, scores) -> [batch] bool tensor`, True where a row is done."""
 
+import copy
 import time
+import warnings
 from typing import Optional, Union
 
 import mindspore as ms
@@ -91,6 +93,19 @@ class StopStringCriteria(StoppingCriteria):
         return np.array([self._row_matches(row) for row in ids[:, -self._window :]], dtype=bool)
 
 
+class ConfidenceCriteria(StoppingCriteria):
+    """Stops (an assistant model's drafting) once the probability of the last token, under the last step's scores
+    (`scores` is the tuple of step scores), falls below `assistant_confidence_threshold`."""
+
+    def __init__(self, assistant_confidence_threshold):
+        self.assistant_confidence_threshold = assistant_confidence_threshold
+
+    def __call__(self, input_ids, scores, **kwargs) -> bool:
+        probs = mint.nn.functional.softmax(scores[-1].astype(ms.float32), -1)
+        token = int(input_ids[0, -1].asnumpy() if isinstance(input_ids, ms.Tensor) else input_ids[0, -1])
+        return float(probs[0, token].asnumpy()) < self.assistant_confidence_threshold
+
+
 class StoppingCriteriaList(list):
     def __call__(self, input_ids, scores, **kwargs) -> ms.Tensor:
         done = mint.zeros((input_ids.shape[0],), dtype=ms.bool_)
@@ -119,3 +134,14 @@ class StoppingCriteriaList(list):
             if isinstance(criteria, MaxLengthCriteria):
                 return criteria.max_length
         return None
+
+
+def validate_stopping_criteria(stopping_criteria: StoppingCriteriaList, max_length: int) -> StoppingCriteriaList:
+    """A copy of `stopping_criteria` that stops at `max_length` (transformers' helper): a MaxLengthCriteria is added
+    when there is none; one with another length stays, with transformers' warning."""
+    criteria = copy.deepcopy(stopping_criteria)
+    if stopping_criteria.max_length is not None and stopping_criteria.max_length != max_length:
+        warnings.warn("You set different `max_length` for stopping criteria and `max_length` parameter", UserWarning)
+    elif stopping_criteria.max_length is None:
+        criteria.append(MaxLengthCriteria(max_length=max_length))
+    return criteria

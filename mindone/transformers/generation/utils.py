@@ -59,6 +59,11 @@ class GenerateBeamDecoderOnlyOutput(ModelOutput):
     past_key_values: Optional[Any] = None
 
 
+# transformers' older names of the same outputs
+GreedySearchDecoderOnlyOutput = SampleDecoderOnlyOutput = GenerateDecoderOnlyOutput
+BeamSearchDecoderOnlyOutput = BeamSampleDecoderOnlyOutput = GenerateBeamDecoderOnlyOutput
+
+
 def _as_id_tensor(ids) -> ms.Tensor:
     if isinstance(ids, ms.Tensor):
         return ids
@@ -228,9 +233,11 @@ class GenerationMixin:
             )
 
     def _get_logits_processor(
-        self, generation_config, input_length: int, prefix_allowed_tokens_fn, custom
+        self, generation_config, input_length: int, prefix_allowed_tokens_fn, custom, encoder_input_ids=None
     ) -> lp.LogitsProcessorList:
-        """Processors in transformers' order; custom ones merged before the sampling warpers, as HF does."""
+        """Processors in transformers' order; custom ones merged before the sampling warpers, as HF does.
+        `encoder_input_ids`: the prompts [batch, length], which the encoder_* processors read (for a decoder-only
+        model transformers passes its input ids)."""
         gc, eos = generation_config, generation_config._eos_token_list
         for option in ("guidance_scale", "watermarking_config"):
             if getattr(gc, option, None) not in (None, 1, 1.0):
@@ -238,10 +245,17 @@ class GenerationMixin:
         processors = lp.LogitsProcessorList()
         if gc.sequence_bias is not None:
             processors.append(lp.SequenceBiasLogitsProcessor(gc.sequence_bias))
+        prompts = encoder_input_ids is not None
+        if gc.encoder_repetition_penalty is not None and gc.encoder_repetition_penalty != 1.0:
+            _check_prompts(prompts, "encoder_repetition_penalty")
+            processors.append(lp.EncoderRepetitionPenaltyLogitsProcessor(gc.encoder_repetition_penalty, encoder_input_ids))
         if gc.repetition_penalty is not None and gc.repetition_penalty != 1.0:
             processors.append(lp.RepetitionPenaltyLogitsProcessor(gc.repetition_penalty))
         if gc.no_repeat_ngram_size is not None and gc.no_repeat_ngram_size > 0:
             processors.append(lp.NoRepeatNGramLogitsProcessor(gc.no_repeat_ngram_size))
+        if gc.encoder_no_repeat_ngram_size is not None and gc.encoder_no_repeat_ngram_size > 0:
+            _check_prompts(prompts, "encoder_no_repeat_ngram_size")
+            processors.append(lp.EncoderNoRepeatNGramLogitsProcessor(gc.encoder_no_repeat_ngram_size, encoder_input_ids))
         if gc.bad_words_ids is not None:
             processors.append(lp.NoBadWordsLogitsProcessor(gc.bad_words_ids, eos))
         if gc.min_length is not None and eos is not None and gc.min_length > 0:
@@ -367,7 +381,8 @@ class GenerationMixin:
         self._prepare_generated_length(generation_config, has_default_max_length, input_length)
         self._validate_generated_length(generation_config, input_length, has_default_max_length)
 
-        processors = self._get_logits_processor(generation_config, input_length, prefix_allowed_tokens_fn, logits_processor)
+        processors = self._get_logits_processor(generation_config, input_length, prefix_allowed_tokens_fn, logits_processor,
+                                                input_ids)  # fmt: skip
         check_meaningful(generation_config)  # after transformers' own errors, for what transformers lets through
         criteria = self._get_stopping_criteria(generation_config, stopping_criteria, tokenizer)
         cache = model_kwargs.get("past_key_values")
@@ -698,6 +713,11 @@ class _BeamSearchState:
 def _top_indices(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k largest per row, largest first; ties keep the lower index first (as torch.topk on CPU)."""
     return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
+def _check_prompts(given: bool, option: str) -> None:
+    if not given:  # transformers warns and drops the option; here it is an error, never a silent no-op
+        raise ValueError(f"`{option}` applies to the prompt's tokens, which this call did not pass; pass input_ids")
 
 
 def _merge_custom(default_list, custom, kind: str):
