@@ -18,7 +18,7 @@ ABSENT = {  # name -> why (the same list is in docs/generation.md)
     **dict.fromkeys(["ContrastiveSearchDecoderOnlyOutput", "Constraint", "ConstraintListState", "DisjunctiveConstraint",
                      "PhrasalConstraint", "ConstrainedBeamSearchScorer", "BeamScorer", "BeamHypotheses",
                      "beam_constraints", "beam_search"], "moved to the Hub by transformers 4.57"),  # fmt: skip
-    **dict.fromkeys(["UnbatchedClassifierFreeGuidanceLogitsProcessor", "WatermarkLogitsProcessor", "WatermarkDetector",
+    **dict.fromkeys(["WatermarkLogitsProcessor", "WatermarkDetector",
                      "WatermarkDetectorOutput", "SynthIDTextWatermarkLogitsProcessor", "SynthIDTextWatermarkDetector",
                      "BayesianDetectorConfig", "BayesianDetectorModel", "watermarking", "EarlyExitCandidateGenerator",
                      "ContinuousMixin", "continuous_batching"], "not yet"),  # fmt: skip

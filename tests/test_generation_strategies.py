@@ -243,3 +243,41 @@ def test_prompt_options_in_generate_batch_equal_each_prompt_alone(pair):
         with torch.no_grad():
             alone = reference.generate(torch.tensor([prompt]), **options)[0, len(prompt) :].tolist()
         assert outputs[f"req_{number}"].generated_tokens == alone
+
+
+GUIDANCE = {
+    "last_prompt_token": dict(guidance_scale=1.5),
+    "negative_prompt": dict(guidance_scale=3.0, negative_prompt_ids=[[5, 9, 14]]),
+    "negative_prompt_no_cache": dict(guidance_scale=2.0, negative_prompt_ids=[[7, 8]], use_cache=False),
+}
+
+
+# use_cache=False runs without any cache, so not over the static one
+GUIDANCE_RUNS = [(name, cache) for name in sorted(GUIDANCE) for cache in (None, "static")
+                 if cache is None or GUIDANCE[name].get("use_cache", True)]  # fmt: skip
+
+
+@pytest.mark.parametrize("name, cache", GUIDANCE_RUNS)
+def test_classifier_free_guidance_gives_transformers_tokens_and_scores(pair, name, cache):
+    reference, model = pair
+    ids = random_ids(1, 6, seed=31)
+    options = dict(GUIDANCE[name])
+    negative = options.pop("negative_prompt_ids", None)
+    common = dict(max_new_tokens=8, return_dict_in_generate=True, output_scores=True, **options)
+    with torch.no_grad():
+        theirs = reference.generate(torch.tensor(ids), negative_prompt_ids=None if negative is None else torch.tensor(negative),
+                                    **common)  # fmt: skip
+    mine = model.generate(ms_tensor(ids), negative_prompt_ids=None if negative is None else ms_tensor(np.array(negative)),
+                          cache_implementation=cache, **common)  # fmt: skip
+    assert mine.sequences.asnumpy().tolist() == theirs.sequences.numpy().tolist()
+    for ours_step, their_step in zip(mine.scores, theirs.scores):
+        finite = np.isfinite(their_step.numpy())
+        assert np.abs(ours_step.asnumpy()[finite] - their_step.numpy()[finite]).max() <= 1e-4
+    plain = model.generate(ms_tensor(ids), max_new_tokens=8)
+    assert plain.asnumpy().tolist() != mine.sequences.asnumpy().tolist()  # guidance changed the tokens
+
+
+def test_generate_batch_refuses_guidance(pair):
+    _, model = pair
+    with pytest.raises(ValueError, match="generate_batch does not run classifier-free guidance"):
+        model.generate_batch([[5, 6, 7]], max_new_tokens=2, guidance_scale=2.0)

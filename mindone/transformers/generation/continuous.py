@@ -95,6 +95,9 @@ def check_engine_config(model, generation_config) -> None:
     mode = generation_config.get_generation_mode()
     if mode not in (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE):
         raise ValueError(f"generate_batch serves greedy decoding and sampling, not {mode.value}; use generate() for it")
+    if generation_config.guidance_scale not in (None, 1):
+        raise ValueError("generate_batch does not run classifier-free guidance (guidance_scale): each row would need a "
+                         "second, unconditional model pass; use generate()")  # fmt: skip
     if generation_config.num_return_sequences not in (None, 1):
         raise ValueError("generate_batch returns one sequence per prompt: num_return_sequences must be 1")
     if rope_type_of(model.config) in HOST_UPDATED_ROPE:

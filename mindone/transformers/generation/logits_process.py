@@ -517,3 +517,42 @@ class ClassifierFreeGuidanceLogitsProcessor(LogitsProcessor):
         rows = scores.shape[0] // 2
         cond, uncond = scores[:rows], scores[rows:]
         return uncond + (cond - uncond) * self.guidance_scale
+
+
+class UnbatchedClassifierFreeGuidanceLogitsProcessor(LogitsProcessor):
+    """Classifier-free guidance for a decoder-only model: the model also runs on an unconditional context
+    (`unconditional_ids`, by default the prompt's last token) with a cache of its own, one token per step, and the
+    scores become uncond + guidance_scale * (cond - uncond) over log-softmaxed logits (transformers' processor)."""
+
+    def __init__(self, guidance_scale: float, model, unconditional_ids=None, unconditional_attention_mask=None,
+                 use_cache: Optional[bool] = True):  # fmt: skip
+        self.guidance_scale = guidance_scale
+        self.model = model
+        self.unconditional_context = {"input_ids": unconditional_ids, "attention_mask": unconditional_attention_mask,
+                                      "use_cache": use_cache, "past_key_values": None, "first_pass": True}  # fmt: skip
+
+    def get_unconditional_logits(self, input_ids):
+        context = self.unconditional_context
+        if context["first_pass"]:
+            if context["input_ids"] is None:
+                context["input_ids"] = input_ids[:, -1:]
+            if context["attention_mask"] is None:
+                context["attention_mask"] = ops.ones(context["input_ids"].shape, ms.int32)
+            ids, mask = context["input_ids"], context["attention_mask"]
+            context["first_pass"] = False
+        else:
+            mask = mint.cat([context["attention_mask"], ops.ones((input_ids.shape[0], 1), ms.int32)], dim=1)
+            last = input_ids[:, -1:].astype(ms.int32)
+            ids = last if context["use_cache"] else mint.cat([context["input_ids"].astype(ms.int32), last], dim=1)
+            context["input_ids"], context["attention_mask"] = ids, mask
+        out = self.model(ids.astype(ms.int32), attention_mask=mask, use_cache=context["use_cache"],
+                         past_key_values=context["past_key_values"])  # fmt: skip
+        context["past_key_values"] = out.past_key_values
+        return out.logits
+
+    def __call__(self, input_ids, scores):
+        scores = ops.log_softmax(scores, -1)
+        if self.guidance_scale == 1:
+            return scores
+        unconditional = ops.log_softmax(self.get_unconditional_logits(input_ids)[:, -1].astype(scores.dtype), -1)
+        return self.guidance_scale * (scores - unconditional) + unconditional

@@ -64,6 +64,10 @@ GreedySearchDecoderOnlyOutput = SampleDecoderOnlyOutput = GenerateDecoderOnlyOut
 BeamSearchDecoderOnlyOutput = BeamSampleDecoderOnlyOutput = GenerateBeamDecoderOnlyOutput
 
 
+def _optional_ids(ids) -> Optional[ms.Tensor]:
+    return None if ids is None else _as_id_tensor(ids).astype(ms.int32)
+
+
 def _as_id_tensor(ids) -> ms.Tensor:
     if isinstance(ids, ms.Tensor):
         return ids
@@ -89,7 +93,7 @@ def _repeat_rows(tensor: ms.Tensor, times: int) -> ms.Tensor:
     return ops.gather(tensor, index, 0)
 
 
-_MODEL_KWARGS = {"attention_mask", "past_key_values", "use_cache"}
+_MODEL_KWARGS = {"attention_mask", "past_key_values", "use_cache", "negative_prompt_ids", "negative_prompt_attention_mask"}
 
 
 class GenerationMixin:
@@ -233,16 +237,20 @@ class GenerationMixin:
             )
 
     def _get_logits_processor(
-        self, generation_config, input_length: int, prefix_allowed_tokens_fn, custom, encoder_input_ids=None
+        self, generation_config, input_length: int, prefix_allowed_tokens_fn, custom, encoder_input_ids=None,
+        negative_prompt_ids=None, negative_prompt_attention_mask=None,
     ) -> lp.LogitsProcessorList:
         """Processors in transformers' order; custom ones merged before the sampling warpers, as HF does.
         `encoder_input_ids`: the prompts [batch, length], which the encoder_* processors read (for a decoder-only
         model transformers passes its input ids)."""
         gc, eos = generation_config, generation_config._eos_token_list
-        for option in ("guidance_scale", "watermarking_config"):
-            if getattr(gc, option, None) not in (None, 1, 1.0):
-                raise NotImplementedError(f"`{option}` is not supported yet; generate without it")
+        if gc.watermarking_config is not None:
+            raise NotImplementedError("`watermarking_config` is not supported yet; generate without it")
         processors = lp.LogitsProcessorList()
+        if gc.guidance_scale is not None and gc.guidance_scale != 1:
+            processors.append(lp.UnbatchedClassifierFreeGuidanceLogitsProcessor(
+                gc.guidance_scale, self, _optional_ids(negative_prompt_ids), _optional_ids(negative_prompt_attention_mask),
+                gc.use_cache))  # fmt: skip
         if gc.sequence_bias is not None:
             processors.append(lp.SequenceBiasLogitsProcessor(gc.sequence_bias))
         prompts = encoder_input_ids is not None
@@ -382,7 +390,8 @@ class GenerationMixin:
         self._validate_generated_length(generation_config, input_length, has_default_max_length)
 
         processors = self._get_logits_processor(generation_config, input_length, prefix_allowed_tokens_fn, logits_processor,
-                                                input_ids)  # fmt: skip
+                                                input_ids, model_kwargs.pop("negative_prompt_ids", None),
+                                                model_kwargs.pop("negative_prompt_attention_mask", None))  # fmt: skip
         check_meaningful(generation_config)  # after transformers' own errors, for what transformers lets through
         criteria = self._get_stopping_criteria(generation_config, stopping_criteria, tokenizer)
         cache = model_kwargs.get("past_key_values")
