@@ -18,9 +18,8 @@ ABSENT = {  # name -> why (the same list is in docs/generation.md)
     **dict.fromkeys(["ContrastiveSearchDecoderOnlyOutput", "Constraint", "ConstraintListState", "DisjunctiveConstraint",
                      "PhrasalConstraint", "ConstrainedBeamSearchScorer", "BeamScorer", "BeamHypotheses",
                      "beam_constraints", "beam_search"], "moved to the Hub by transformers 4.57"),  # fmt: skip
-    **dict.fromkeys(["WatermarkLogitsProcessor", "WatermarkDetector",
-                     "WatermarkDetectorOutput", "SynthIDTextWatermarkLogitsProcessor", "SynthIDTextWatermarkDetector",
-                     "BayesianDetectorConfig", "BayesianDetectorModel", "watermarking", "EarlyExitCandidateGenerator",
+    **dict.fromkeys(["SynthIDTextWatermarkLogitsProcessor", "SynthIDTextWatermarkDetector",
+                     "BayesianDetectorConfig", "BayesianDetectorModel", "EarlyExitCandidateGenerator",
                      "ContinuousMixin", "continuous_batching"], "not yet"),  # fmt: skip
 }
 OWN_SIGNATURE = {"AssistedCandidateGenerator", "PromptLookupCandidateGenerator"}  # not yet transformers' (docs)

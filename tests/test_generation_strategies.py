@@ -281,3 +281,29 @@ def test_generate_batch_refuses_guidance(pair):
     _, model = pair
     with pytest.raises(ValueError, match="generate_batch does not run classifier-free guidance"):
         model.generate_batch([[5, 6, 7]], max_new_tokens=2, guidance_scale=2.0)
+
+
+@pytest.mark.parametrize("cache", [None, "static"])
+@pytest.mark.parametrize("scheme", ["lefthash", "selfhash"])
+def test_watermarked_generation_and_detection_match_transformers(pair, scheme, cache):
+    from transformers.generation import WatermarkDetector as TheirDetector
+
+    from mindone.transformers.generation import WatermarkDetector
+
+    reference, model = pair
+    ids = random_ids(2, 5, seed=41)
+    config = transformers.WatermarkingConfig(bias=4.0, seeding_scheme=scheme)
+    ours, expected = _run_both(pair, ids, max_new_tokens=24, watermarking_config=config, cache_implementation=cache)
+    assert ours.asnumpy().tolist() == expected.numpy().tolist()
+    plain, _ = _run_both(pair, ids, max_new_tokens=24)
+    assert plain.asnumpy().tolist() != ours.asnumpy().tolist()
+    mine = WatermarkDetector(model.config, None, config)(ours.asnumpy()[:, 5:], return_dict=True)
+    theirs = TheirDetector(reference.config, "cpu", config)(expected[:, 5:], return_dict=True)
+    for field in ("num_tokens_scored", "num_green_tokens", "z_score", "p_value", "prediction"):
+        np.testing.assert_allclose(getattr(mine, field), getattr(theirs, field), rtol=1e-12)
+    assert mine.prediction.all()  # bias 4 makes the text green enough to be told
+    plain_text = plain.asnumpy()[:, 5:]
+    distinct = WatermarkDetector(model.config, None, config, ignore_repeated_ngrams=True)(plain_text, return_dict=True)
+    n = 2 if scheme == "lefthash" else 1  # the prefix and the token, or the token alone (selfhash)
+    ngrams = [len({tuple(row[i : i + n]) for i in range(len(row) - n + 1)}) for row in plain_text.tolist()]
+    assert distinct.num_tokens_scored.tolist() == ngrams  # each distinct n-gram once (the tiny model repeats itself)

@@ -153,3 +153,23 @@ def test_confidence_criteria_matches_transformers(threshold):
     steps = (scores * 0.3, scores)
     expected = hf_stop.ConfidenceCriteria(threshold)(torch.tensor(ids), tuple(torch.tensor(s) for s in steps))
     assert ConfidenceCriteria(threshold)(ms.Tensor(ids), tuple(ms.Tensor(s) for s in steps)) == expected
+
+
+@pytest.mark.parametrize("scheme, width", [("lefthash", 1), ("lefthash", 3), ("selfhash", 1), ("selfhash", 2)])
+def test_watermark_processor_matches_transformers(scheme, width):
+    from mindone.transformers.generation import WatermarkLogitsProcessor
+
+    ids, scores = _inputs(6, length=5)
+    options = dict(greenlist_ratio=0.3, bias=2.5, seeding_scheme=scheme, context_width=width)
+    expected = hf.WatermarkLogitsProcessor(VOCAB, "cpu", **options)(torch.tensor(ids), torch.tensor(scores)).numpy()
+    got = WatermarkLogitsProcessor(VOCAB, "cpu", **options)(ms.Tensor(ids), ms.Tensor(scores)).asnumpy()
+    _assert_same(got, expected)
+    assert not np.array_equal(got, scores)
+
+
+def test_generator_permutation_is_pytorchs_randperm():
+    from mindone.transformers.generation.watermarking import generator_permutation
+
+    for n, seed in [(99, 7), (49152, 15485863 * 49151), (1000, 2**40 + 3)]:
+        expected = torch.randperm(n, generator=torch.Generator().manual_seed(seed % (2**64 - 1))).numpy()
+        assert np.array_equal(generator_permutation(n, seed), expected)

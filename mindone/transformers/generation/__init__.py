@@ -51,3 +51,4 @@ from .utils import (
     GreedySearchDecoderOnlyOutput,
     SampleDecoderOnlyOutput,
 )
+from .watermarking import WatermarkDetector, WatermarkDetectorOutput, WatermarkLogitsProcessor

@@ -244,8 +244,6 @@ class GenerationMixin:
         `encoder_input_ids`: the prompts [batch, length], which the encoder_* processors read (for a decoder-only
         model transformers passes its input ids)."""
         gc, eos = generation_config, generation_config._eos_token_list
-        if gc.watermarking_config is not None:
-            raise NotImplementedError("`watermarking_config` is not supported yet; generate without it")
         processors = lp.LogitsProcessorList()
         if gc.guidance_scale is not None and gc.guidance_scale != 1:
             processors.append(lp.UnbatchedClassifierFreeGuidanceLogitsProcessor(
@@ -288,9 +286,20 @@ class GenerationMixin:
         processors = _merge_custom(processors, custom, "logits processor")
         if gc.do_sample:
             processors.extend(self._sampling_warpers(gc))
+        if gc.watermarking_config is not None:
+            processors.append(self._watermark_processor(gc.watermarking_config))
         if gc.renormalize_logits is True:
             processors.append(lp.LogitNormalization())
         return processors
+
+    def _watermark_processor(self, config):
+        from transformers.generation import WatermarkingConfig
+
+        from .watermarking import WatermarkLogitsProcessor
+
+        if not isinstance(config, WatermarkingConfig):
+            raise NotImplementedError(f"{type(config).__name__} is not supported yet; use WatermarkingConfig")
+        return WatermarkLogitsProcessor(self.config.get_text_config().vocab_size, None, **config.to_dict())
 
     @staticmethod
     def _sampling_warpers(gc) -> list:
