@@ -64,6 +64,10 @@ GreedySearchDecoderOnlyOutput = SampleDecoderOnlyOutput = GenerateDecoderOnlyOut
 BeamSearchDecoderOnlyOutput = BeamSampleDecoderOnlyOutput = GenerateBeamDecoderOnlyOutput
 
 
+def _host_ids(ids) -> np.ndarray:
+    return ids.asnumpy() if isinstance(ids, ms.Tensor) else np.asarray(ids)
+
+
 def _optional_ids(ids) -> Optional[ms.Tensor]:
     return None if ids is None else _as_id_tensor(ids).astype(ms.int32)
 
@@ -412,6 +416,10 @@ class GenerationMixin:
                 "Cache object) is unsupported. Please use only one of the two."
             )
 
+        if generation_config.token_healing:
+            input_ids = self.heal_tokens(input_ids, tokenizer)
+            if tuple(input_ids.shape) != tuple(attention_mask.shape):  # the prompts were re-tokenized
+                attention_mask = self._attention_mask_from_inputs(input_ids, generation_config).astype(ms.int32)
         if mode in (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE):
             times = generation_config.num_return_sequences
             input_ids, attention_mask = _repeat_rows(input_ids, times), _repeat_rows(attention_mask, times)
@@ -430,6 +438,42 @@ class GenerationMixin:
         raise NotImplementedError(
             f"generation mode {mode.value!r} is not supported; use greedy, sampling, beam search or assisted decoding"
         )
+
+    def heal_tokens(self, input_ids, tokenizer=None) -> ms.Tensor:
+        """transformers' token healing: each prompt (decoded, stripped, re-tokenized) loses its last token, which one
+        greedy step then regenerates among the vocabulary entries that extend it (favouring the original a little),
+        so a prompt cut inside a word ("http" -> "https") continues naturally."""
+        from transformers.tokenization_utils import ExtensionsTrie
+
+        if tokenizer is None:
+            raise ValueError(" When generating with token healing, you must pass the model's tokenizer to the "
+                             "`tokenizer` argument of `generate`.")  # fmt: skip
+        bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
+        trie = ExtensionsTrie(tokenizer.get_vocab())
+        config = GenerationConfig(max_new_tokens=1, pad_token_id=pad)
+        prompts = [p.strip() for p in tokenizer.batch_decode(_host_ids(input_ids), skip_special_tokens=True)]
+        ids = np.asarray(tokenizer(prompts, return_tensors="np", padding=True).input_ids)
+        ids = np.where(ids == bos, pad, ids)  # healing is not conditioned on bos
+        if ids.size == 0:
+            return ms.Tensor(ids)
+        tails = ids[:, -1].tolist()
+        space = tokenizer.convert_tokens_to_ids(" ")
+        space_token = tokenizer.convert_ids_to_tokens(space)[0] if space is not None else None
+        for row, tail in enumerate(tails):
+            text = tokenizer.decode(tail)
+            text = text.replace(" ", space_token) if space_token is not None else text
+            if (ids[row] == pad).all() or ids.shape[1] < 2:
+                continue
+            bias = {(tokenizer.convert_tokens_to_ids(alternative),): 10.0 for alternative in trie.extensions(prefix=text)}
+            if len(bias) == 1:
+                continue  # nothing to heal with
+            bias[(tail,)] += 1.0
+            config.update(sequence_bias=bias)
+            trimmed = ids[row, :-1].copy()
+            if (ids[row] != pad).sum() == 1:  # a one-token prompt regenerates from bos
+                trimmed[-1] = bos
+            ids[row] = self.generate(ms.Tensor(trimmed[None]), generation_config=config).asnumpy()[0]
+        return ms.Tensor(ids)
 
     # ------------------------------------------------------------------ continuous batching
     def generate_batch(self, inputs: list, generation_config: Optional[GenerationConfig] = None, progress_bar: bool = True,
