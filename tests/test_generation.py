@@ -212,3 +212,19 @@ def test_synthid_watermarking_is_refused_until_it_is_implemented(pair):
     config = transformers.SynthIDTextWatermarkingConfig(keys=[1, 2, 3], ngram_len=2)
     with pytest.raises(NotImplementedError, match="SynthIDTextWatermarkingConfig is not supported yet"):
         model.generate(ms_tensor(random_ids(1, 4)), max_new_tokens=2, watermarking_config=config)
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (dict(cache_implementation="offloaded"), "cache_implementation='offloaded' is not supported; use 'static'"),
+        (dict(assistant_early_exit=1), "assistant_early_exit (drafting with the model's own first layers) is not supported"),
+        (dict(return_dict_in_generate=True, output_attentions=True), "output_attentions=True is not supported"),
+        (dict(return_dict_in_generate=True, output_hidden_states=True), "output_hidden_states=True is not supported"),
+    ],
+)
+def test_options_transformers_honours_and_this_library_not_yet_are_refused(pair, option, message):
+    _, model = pair
+    with pytest.raises(NotImplementedError) as refused:
+        model.generate(ms_tensor(random_ids(1, 4)), max_new_tokens=2, **option)
+    assert message in str(refused.value)

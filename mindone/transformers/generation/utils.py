@@ -394,6 +394,7 @@ class GenerationMixin:
             attention_mask = self._attention_mask_from_inputs(input_ids, generation_config)
         attention_mask = _as_id_tensor(attention_mask).astype(ms.int32)
 
+        _check_supported(generation_config)
         mode = generation_config.get_generation_mode(assistant_model)
         if streamer is not None and generation_config.num_beams > 1:
             raise ValueError("`streamer` cannot be used with beam search (yet!). Make sure that `num_beams` is set to 1.")
@@ -775,6 +776,25 @@ class _BeamSearchState:
 def _top_indices(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k largest per row, largest first; ties keep the lower index first (as torch.topk on CPU)."""
     return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
+CACHE_IMPLEMENTATIONS = (None, "static", "dynamic")
+
+
+def _check_supported(gc) -> None:
+    """Options transformers honours that this library does not yet: refused, never ignored."""
+    if gc.cache_implementation not in CACHE_IMPLEMENTATIONS:
+        raise NotImplementedError(f"cache_implementation={gc.cache_implementation!r} is not supported; use 'static' "
+                                  "(preallocated, compiled decode steps) or 'dynamic' (the default)")  # fmt: skip
+    if gc.assistant_early_exit is not None:
+        raise NotImplementedError("assistant_early_exit (drafting with the model's own first layers) is not supported "
+                                  "yet; pass an assistant_model or prompt_lookup_num_tokens")  # fmt: skip
+    if gc.return_dict_in_generate and gc.output_attentions:
+        raise NotImplementedError("output_attentions=True is not supported: the fused attention kernels never form the "
+                                  "attention weights; generate without it")  # fmt: skip
+    if gc.return_dict_in_generate and gc.output_hidden_states:
+        raise NotImplementedError("output_hidden_states=True is not supported in generate() yet; run the model's "
+                                  "forward with output_hidden_states=True on the generated sequences instead")  # fmt: skip
 
 
 def _check_prompts(given: bool, option: str) -> None:
