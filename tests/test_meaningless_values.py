@@ -15,7 +15,6 @@ MEANINGLESS = [
     (dict(do_sample=True, epsilon_cutoff=1.0), "epsilon_cutoff=1.0 is outside [0, 1)"),
     (dict(do_sample=True, eta_cutoff=-0.1), "eta_cutoff=-0.1 is outside [0, 1)"),
     (dict(temperature=-1.0), "temperature=-1.0 is outside [0, inf)"),
-    (dict(encoder_repetition_penalty=0.0), "encoder_repetition_penalty=0.0 is outside (0, inf)"),
     (dict(no_repeat_ngram_size=-2), "no_repeat_ngram_size=-2 is outside [0, inf)"),
     (dict(min_new_tokens=-1), "min_new_tokens=-1 is outside [0, inf)"),
     (dict(max_time=0.0), "max_time=0.0 is outside (0, inf)"),
@@ -28,6 +27,7 @@ REFUSED_BY_TRANSFORMERS = [
     (dict(do_sample=True, top_k=-3), "top_k=-3 is outside [0, inf)"),
     (dict(do_sample=True, min_p=1.5), "min_p=1.5 is outside [0, 1]"),
     (dict(repetition_penalty=-1.0), "repetition_penalty=-1.0 is outside (0, inf)"),
+    (dict(encoder_repetition_penalty=0.0), "encoder_repetition_penalty=0.0 is outside (0, inf)"),
 ]
 
 

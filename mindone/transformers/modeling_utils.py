@@ -17,7 +17,7 @@ from transformers.utils.hub import cached_file, convert_file_size_to_int
 
 from . import backend
 from .integrations import tensor_parallel
-from .layers import Conv1D, Embedding, HasProjections, Linear, init_parameter, parameter_defaults
+from .layers import Conv1D, Embedding, Linear, init_parameter, parameter_defaults
 from .modeling_rope_utils import HOST_UPDATED_ROPE, rope_type_of
 from .quantization import Int4Groups, Int8Groups, rtn
 from .quantization.config import check_not_prequantized, weight_quantization
@@ -285,11 +285,9 @@ class PreTrainedModel(nn.Cell):
         tensor_parallel.shard(self, plan, parallel)
         for name, param in self.parameters_and_names():
             param.name = name  # cells put in place after construction named their parameters by attribute only
-        for _, cell in self.cells_and_names():
+        for _, cell in self.cells_and_names():  # the projections are refreshed once the weights are loaded
             if isinstance(cell, PreTrainedModel):
                 cell.config = config
-            if isinstance(cell, HasProjections):
-                cell.refresh_projections()
         self.tensor_parallel = parallel
 
     @property

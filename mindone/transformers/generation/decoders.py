@@ -18,6 +18,7 @@ from mindspore import nn
 from ..cache_utils import Cache, DynamicCache, StaticCache
 from ..modeling_rope_utils import HOST_UPDATED_ROPE, rope_switch_length, rope_type_of
 from . import compile_cache
+from .logits_process import host_array
 
 PREFILL_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 MIN_CACHE_LENGTH = 256
@@ -27,10 +28,6 @@ def positions(mask: np.ndarray) -> np.ndarray:
     """transformers' position ids: cumsum of the mask minus one, 1 on padding."""
     cumulative = np.cumsum(mask, -1) - 1
     return np.where(mask == 0, 1, cumulative).astype(np.int32)
-
-
-def _host(x) -> np.ndarray:
-    return x.asnumpy() if isinstance(x, ms.Tensor) else np.asarray(x)
 
 
 class DynamicDecoder:
@@ -54,7 +51,7 @@ class DynamicDecoder:
         self.width = generation_config.max_length
 
     def logits(self, input_ids, attention_mask, logits_to_keep: int = 1) -> ms.Tensor:
-        return self._forward(_host(input_ids), _host(attention_mask), logits_to_keep)
+        return self._forward(host_array(input_ids), host_array(attention_mask), logits_to_keep)
 
     def select(self, ids: np.ndarray, mask: np.ndarray, head) -> tuple:
         """The head's outputs (next tokens first) for the sequences `ids` [batch, length] so far."""
@@ -254,7 +251,7 @@ class StaticDecoder:
         return compiled_step(self.model, self.batch, self.cache_length, head)
 
     def logits(self, input_ids, attention_mask, logits_to_keep: int = 1) -> ms.Tensor:
-        return self._run(_host(input_ids), _host(attention_mask), None)[0].astype(ms.float32)
+        return self._run(host_array(input_ids), host_array(attention_mask), None)[0].astype(ms.float32)
 
     def select(self, ids: np.ndarray, mask: np.ndarray, head) -> tuple:
         return self._run(ids, mask, head, *head.inputs(ids, self.cache.max_cache_len))

@@ -182,7 +182,7 @@ class EncoderRepetitionPenaltyLogitsProcessor(LogitsProcessor):
         if not isinstance(penalty, float) or not penalty > 0:
             raise ValueError(f"`penalty` has to be a strictly positive float, but is {penalty}")
         self.penalty = 1 / penalty
-        self.encoder_input_ids = ms.Tensor(np.asarray(_host_ids(encoder_input_ids), np.int32))
+        self.encoder_input_ids = ms.Tensor(host_array(encoder_input_ids).astype(np.int32))
 
     def __call__(self, input_ids, scores):
         rows = self.encoder_input_ids.shape[0]
@@ -201,7 +201,7 @@ class EncoderNoRepeatNGramLogitsProcessor(LogitsProcessor):
         if not isinstance(encoder_ngram_size, int) or encoder_ngram_size <= 0:
             raise ValueError(f"`encoder_ngram_size` has to be a strictly positive integer, but is {encoder_ngram_size}")
         self.ngram_size = encoder_ngram_size
-        prompts = np.asarray(_host_ids(encoder_input_ids))
+        prompts = host_array(encoder_input_ids)
         prompts = prompts[None] if prompts.ndim == 1 else prompts
         self.batch_size = prompts.shape[0]
         self.generated_ngrams = [_ngrams(row.tolist(), encoder_ngram_size) for row in prompts]
@@ -209,7 +209,7 @@ class EncoderNoRepeatNGramLogitsProcessor(LogitsProcessor):
     def __call__(self, input_ids, scores):
         hypotheses, length = scores.shape[0], input_ids.shape[-1]
         per_prompt = hypotheses // self.batch_size
-        ids = _host_ids(input_ids)
+        ids = host_array(input_ids)
         banned = np.zeros(scores.shape, dtype=bool)
         for row in range(hypotheses):
             key = tuple(ids[row, length + 1 - self.ngram_size : length].tolist())
@@ -217,8 +217,9 @@ class EncoderNoRepeatNGramLogitsProcessor(LogitsProcessor):
         return _fill(scores, ms.Tensor(banned))
 
 
-def _host_ids(ids) -> np.ndarray:
-    return ids.asnumpy() if isinstance(ids, ms.Tensor) else np.asarray(ids)
+def host_array(x) -> np.ndarray:
+    """A tensor's or array-like's values as a numpy array on the host."""
+    return x.asnumpy() if isinstance(x, ms.Tensor) else np.asarray(x)
 
 
 def _ngrams(tokens: list, n: int) -> dict:

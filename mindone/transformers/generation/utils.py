@@ -64,10 +64,6 @@ GreedySearchDecoderOnlyOutput = SampleDecoderOnlyOutput = GenerateDecoderOnlyOut
 BeamSearchDecoderOnlyOutput = BeamSampleDecoderOnlyOutput = GenerateBeamDecoderOnlyOutput
 
 
-def _host_ids(ids) -> np.ndarray:
-    return ids.asnumpy() if isinstance(ids, ms.Tensor) else np.asarray(ids)
-
-
 def _optional_ids(ids) -> Optional[ms.Tensor]:
     return None if ids is None else _as_id_tensor(ids).astype(ms.int32)
 
@@ -452,7 +448,7 @@ class GenerationMixin:
         bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
         trie = ExtensionsTrie(tokenizer.get_vocab())
         config = GenerationConfig(max_new_tokens=1, pad_token_id=pad)
-        prompts = [p.strip() for p in tokenizer.batch_decode(_host_ids(input_ids), skip_special_tokens=True)]
+        prompts = [p.strip() for p in tokenizer.batch_decode(lp.host_array(input_ids), skip_special_tokens=True)]
         ids = np.asarray(tokenizer(prompts, return_tensors="np", padding=True).input_ids)
         ids = np.where(ids == bos, pad, ids)  # healing is not conditioned on bos
         if ids.size == 0:

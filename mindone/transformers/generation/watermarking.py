@@ -12,7 +12,7 @@ from typing import Optional, Union
 import mindspore as ms
 import numpy as np
 
-from .logits_process import LogitsProcessor
+from .logits_process import LogitsProcessor, host_array
 
 _TABLE_SIZE = 1_000_003
 
@@ -82,8 +82,7 @@ class WatermarkLogitsProcessor(LogitsProcessor):
     def __call__(self, input_ids, scores):
         if input_ids.shape[-1] < self.context_width:
             return scores
-        ids = input_ids.asnumpy() if isinstance(input_ids, ms.Tensor) else np.asarray(input_ids)
-        host = scores.asnumpy()
+        ids, host = host_array(input_ids), scores.asnumpy()
         bonus = np.zeros(host.shape, np.float32)
         for row, input_seq in enumerate(ids.astype(np.int64)):
             if self.seeding_scheme == "selfhash":
@@ -156,7 +155,7 @@ class WatermarkDetector:
         return 1 - (0.5 * (1 + np.sign(z) * (1 - np.exp(-2 * z**2 / np.pi))))
 
     def __call__(self, input_ids, z_threshold: float = 3.0, return_dict: bool = False) -> Union[WatermarkDetectorOutput, np.ndarray]:
-        ids = input_ids.asnumpy() if isinstance(input_ids, ms.Tensor) else np.asarray(input_ids)
+        ids = host_array(input_ids)
         if ids[0, 0] == self.bos_token_id:  # as transformers: one row starting with bos means all do
             ids = ids[:, 1:]
         if ids.shape[-1] - self.processor.context_width < 1:

@@ -43,7 +43,6 @@ class TensorParallel:
     size: int
     rank: int
     group: str
-    world_size: int
     local_config: object = None
     slices: dict = field(default_factory=dict)
 
@@ -154,10 +153,8 @@ def start(config, plan: dict, tp_size: Optional[int]) -> TensorParallel:
     check_divisible(config, plan, size)
     group = backend.tensor_parallel_group(size)
     backend.share_cores(world)
-    rank, world = backend.communication_rank()
-    parallel = TensorParallel(size=size, rank=rank % size, group=group, world_size=world)
-    parallel.local_config = local_config(config, plan, size)
-    return parallel
+    rank, _ = backend.communication_rank()
+    return TensorParallel(size=size, rank=rank % size, group=group, local_config=local_config(config, plan, size))
 
 
 def shard(model, plan: dict, parallel: TensorParallel) -> None:
