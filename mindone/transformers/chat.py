@@ -19,9 +19,11 @@ import time
 import warnings
 from typing import Optional
 
+import numpy as np
 from transformers.generation.streamers import TextStreamer
 
 from . import backend
+from .generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList, _all_rows
 
 COMMANDS = "!help, !status, !clear, !set key=value ..., !save [FILE], !exit"
 HELP = f"""Commands:
@@ -52,9 +54,9 @@ def _value(text: str):
         return text
 
 
-def parse_settings(pairs: list, generation_config) -> dict:
-    """{key: value} from `key=value` strings: GenerationConfig fields (values of the default's type) and the
-    session's own settings. One ChatError names the first bad pair and what is accepted."""
+def parse_settings(pairs: list, generation_config) -> tuple:
+    """({field: value} for GenerationConfig fields, {setting: value} for the session's own settings) from
+    `key=value` strings (values of the default's type). One ChatError names the first bad pair and what is accepted."""
     fields = generation_config.to_dict()
     parsed = {}
     for pair in pairs:
@@ -67,7 +69,8 @@ def parse_settings(pairs: list, generation_config) -> dict:
         value = text if key in SETTINGS else _value(text)
         _check_type(key, value, fields.get(key))
         parsed[key] = value
-    return parsed
+    session = {key: parsed.pop(key) for key in list(parsed) if key in SETTINGS}
+    return parsed, session
 
 
 # fields whose GenerationConfig default is None, so that the default cannot tell their type
@@ -121,8 +124,8 @@ class ChatSession:
         self.generation_config = generation_config
         self.system_prompt = system_prompt
         self.reuse_cache = reuse_cache
-        self.max_positions = getattr(model.config, "max_position_embeddings", None) or max_cache_length
-        self.limit = min(self.max_positions, max_cache_length) if mode == "graph" else self.max_positions
+        positions = getattr(model.config, "max_position_embeddings", None) or max_cache_length
+        self.limit = min(positions, max_cache_length) if mode == "graph" else positions
         self.out = out or sys.stdout
         self.cache, self.cached_ids = None, []
         self.interrupted = False
@@ -136,8 +139,7 @@ class ChatSession:
         self.cached_ids = []
 
     def set(self, pairs: list) -> str:
-        settings = parse_settings(pairs, self.generation_config)
-        session = {k: settings.pop(k) for k in list(settings) if k in SETTINGS}
+        settings, session = parse_settings(pairs, self.generation_config)
         notes = []
         self.generation_config = updated_config(self.generation_config, settings, notes)
         if "system_prompt" in session:
@@ -189,7 +191,7 @@ class ChatSession:
             ids = self._prompt_ids()
             streamer = _Streamer(self.tokenizer, self.out)
             start = time.perf_counter()
-            output = self._generate(ids, streamer)
+            output, prefilled = self._generate(ids, streamer)
             streamer.end()
         except BaseException:
             self.messages.pop()
@@ -201,7 +203,7 @@ class ChatSession:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
         new_ids = output[len(ids) :]
-        self.last = {"prompt_tokens": len(ids), "prefilled_tokens": self.last.get("prefilled_tokens", len(ids)),
+        self.last = {"prompt_tokens": len(ids), "prefilled_tokens": prefilled,
                      "time_to_first_token": (streamer.first_time or time.perf_counter()) - start,
                      "new_tokens": len(new_ids), "new_ids": new_ids}  # fmt: skip
         answer = self.tokenizer.decode(new_ids, skip_special_tokens=True)
@@ -238,22 +240,18 @@ class ChatSession:
                            f"{dropped} turn{'s' if dropped > 1 else ''})\n")  # fmt: skip
         return ids
 
-    def _generate(self, ids: list, streamer) -> list:
+    def _generate(self, ids: list, streamer) -> tuple:
+        """(the prompt and reply ids, how many prompt tokens were prefilled)."""
         import mindspore as ms
 
-        from .generation.stopping_criteria import StoppingCriteriaList
-
-        kwargs = {}
+        kwargs, keep = {}, 0
         if self.reuse_cache:
             keep = min(_common_prefix(self.cached_ids, ids), len(ids) - 1)
             cache = self._cache_for(len(ids) + self._max_new_tokens(), keep)
             cache.crop(keep)
             kwargs["past_key_values"] = cache
-            self.last["prefilled_tokens"] = len(ids) - keep
-        else:
-            self.last["prefilled_tokens"] = len(ids)
-            if self.mode == "graph":
-                kwargs["cache_implementation"] = "static"
+        elif self.mode == "graph":
+            kwargs["cache_implementation"] = "static"
         config = self.generation_config
         if config.max_new_tokens is None:
             config = updated_config(config, {"max_new_tokens": DEFAULT_MAX_NEW_TOKENS})
@@ -263,7 +261,7 @@ class ChatSession:
                                      **kwargs).asnumpy()[0].tolist()  # fmt: skip
         if self.reuse_cache:
             self.cached_ids = output[: self.cache.get_seq_length()]
-        return output
+        return output, len(ids) - keep
 
     def _cache_for(self, needed: int, keep: int):
         """The conversation's cache, with room for `needed` positions and its first `keep` tokens. Graph mode: a
@@ -305,21 +303,16 @@ def _dtype_name(dtype) -> str:
     return str(dtype).lower().replace("mindspore.", "")
 
 
-class _Interrupted:
+class _Interrupted(StoppingCriteria):
     """Ends generation at the next step once Ctrl-C was pressed: the reply so far stays, and the cache stays valid."""
 
     def __init__(self, session: ChatSession):
         self.session = session
 
     def __call__(self, input_ids, scores, **kwargs):
-        import mindspore as ms
-        import numpy as np
-
-        return ms.Tensor(np.full((input_ids.shape[0],), self.session.interrupted))
+        return _all_rows(input_ids, self.session.interrupted)
 
     def host_done(self, ids, scores):
-        import numpy as np
-
         return np.full(ids.shape[0], self.session.interrupted)
 
 
@@ -503,10 +496,9 @@ def main(argv=None) -> int:
     from .utils import set_seed
 
     try:  # checked against GenerationConfig's fields before the model loads, applied to the model's config after
-        settings = parse_settings(args.generate_flags, GenerationConfig())
+        settings, session_settings = parse_settings(args.generate_flags, GenerationConfig())
     except ChatError as err:
         raise SystemExit(f"error: {err}") from None
-    session_settings = {k: settings.pop(k) for k in list(settings) if k in SETTINGS}
     model, tokenizer = load(args)
     notes = []
     try:

@@ -74,10 +74,9 @@ def distributed_rank() -> tuple:
     """(rank, world size): from MindSpore's collective init when started by msrun, else RANK_ID / RANK_SIZE.
     msrun also runs this script as its scheduler process, whose init() serves the workers until they finish."""
     if os.environ.get("MS_ROLE") in ("MS_WORKER", "MS_SCHED"):
-        from mindspore.communication import get_group_size, get_rank, init
+        from .. import backend
 
-        init()
-        return get_rank(), get_group_size()
+        return backend.communication_rank()
     return int(os.environ.get("RANK_ID", 0)), int(os.environ.get("RANK_SIZE", 1))
 
 
