@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from helpers import left_padded, ms_tensor, random_ids, save_tiny_llama, torch_generate
+from helpers import TINY, left_padded, ms_tensor, random_ids, save_tiny_llama, torch_generate
 from scipy import stats
 
 from mindone.transformers import (
@@ -218,7 +218,6 @@ def test_synthid_watermarking_is_refused_until_it_is_implemented(pair):
     "option, message",
     [
         (dict(cache_implementation="offloaded"), "cache_implementation='offloaded' is not supported; use 'static'"),
-        (dict(assistant_early_exit=1), "assistant_early_exit (drafting with the model's own first layers) is not supported"),
         (dict(return_dict_in_generate=True, output_attentions=True), "output_attentions=True is not supported"),
         (dict(return_dict_in_generate=True, output_hidden_states=True), "output_hidden_states=True is not supported"),
     ],
@@ -228,3 +227,36 @@ def test_options_transformers_honours_and_this_library_not_yet_are_refused(pair,
     with pytest.raises(NotImplementedError) as refused:
         model.generate(ms_tensor(random_ids(1, 4)), max_new_tokens=2, **option)
     assert message in str(refused.value)
+
+
+def test_a_forward_asked_for_attention_weights_refuses_instead_of_leaving_them_out(pair):
+    _, model = pair
+    with pytest.raises(NotImplementedError, match="output_attentions=True is not supported"):
+        model(ms_tensor(random_ids(1, 4)), output_attentions=True)
+    assert model(ms_tensor(random_ids(1, 4)), output_attentions=False).logits.shape == (1, 4, TINY["vocab_size"])
+
+
+@pytest.mark.parametrize("recorded", [False, True])
+def test_custom_criteria_receive_the_scores_transformers_passes(pair, recorded):
+    """transformers hands a criterion the tuple of the steps' scores when they are recorded, else None."""
+    from mindone.transformers.generation import StoppingCriteria, StoppingCriteriaList
+
+    def recorder(base, seen, never):
+        class Recorder(base):
+            def __call__(self, input_ids, scores, **kwargs):
+                seen.append(None if scores is None else len(scores))
+                return never(input_ids.shape[0])
+
+        return Recorder()
+
+    reference, model = pair
+    ids, options = random_ids(1, 4), dict(max_new_tokens=3, return_dict_in_generate=recorded, output_scores=recorded)
+    theirs, ours = [], []
+    never_torch = lambda rows: torch.zeros(rows, dtype=torch.bool)  # noqa: E731
+    with torch.no_grad():
+        criteria = transformers.StoppingCriteriaList([recorder(transformers.StoppingCriteria, theirs, never_torch)])
+        reference.generate(torch.tensor(ids), stopping_criteria=criteria, **options)
+    never_ms = lambda rows: ms.Tensor(np.zeros(rows, bool))  # noqa: E731
+    model.generate(ms_tensor(ids), stopping_criteria=StoppingCriteriaList([recorder(StoppingCriteria, ours, never_ms)]),
+                   **options)  # fmt: skip
+    assert ours == theirs == ([1, 2, 3] if recorded else [None, None, None])

@@ -1,5 +1,6 @@
 """Decoding strategies on tiny random Llamas, token for token against transformers + PyTorch."""
 
+import copy
 import threading
 
 import mindspore as ms
@@ -101,15 +102,28 @@ def test_prompt_lookup_equals_greedy(pair, lookup):
         ([5, 6, 7, 8, 9, 5, 6], dict(num_output_tokens=3, max_length=40), [7, 8, 9]),  # latest bigram (5, 6)
         ([5, 6, 7, 8, 9, 4, 6], dict(num_output_tokens=3, max_length=40), [7, 8, 9]),  # falls back to unigram (6,)
         ([5, 6, 7, 2, 9, 5, 6], dict(num_output_tokens=5, max_length=40, eos_token_id=[2]), [7]),  # stops before eos
-        ([5, 6, 7, 8, 9, 5, 6], dict(num_output_tokens=5, max_length=10), [7, 8]),  # room for the model's own token
         ([1, 2, 3, 4], dict(num_output_tokens=5, max_length=40), []),  # nothing repeats
     ],
 )
 def test_prompt_lookup_candidates(ids, settings, expected):
-    from mindone.transformers.generation.candidate_generator import PromptLookupCandidateGenerator
+    from transformers.generation import PromptLookupCandidateGenerator as Theirs
 
+    from mindone.transformers.generation import PromptLookupCandidateGenerator
+
+    theirs = Theirs(**{**settings, "eos_token_id": torch.tensor(settings.get("eos_token_id", [-1]))})
+    reference, _ = theirs.get_candidates(torch.tensor([ids]))
     candidates, scores = PromptLookupCandidateGenerator(**settings).get_candidates(ms_tensor(np.array([ids])))
-    assert candidates.tolist() == expected and scores is None
+    assert candidates.asnumpy().tolist() == reference.numpy().tolist() == [ids + expected] and scores is None
+
+
+def test_prompt_lookup_leaves_room_for_the_models_own_token():
+    """transformers 4.57 proposes up to max_length candidates here (and can then return more than max_new_tokens);
+    this library stops one short of max_length, as its draft-model candidates do."""
+    from mindone.transformers.generation import PromptLookupCandidateGenerator
+
+    generator = PromptLookupCandidateGenerator(num_output_tokens=5, max_length=10)
+    candidates, _ = generator.get_candidates(ms_tensor(np.array([[5, 6, 7, 8, 9, 5, 6]])))
+    assert candidates.asnumpy().tolist() == [[5, 6, 7, 8, 9, 5, 6, 7, 8]]
 
 
 def test_assisted_decoding_equals_greedy(pair, draft):
@@ -130,16 +144,20 @@ def test_assisted_decoding_with_itself_accepts_everything(pair, monkeypatch):
     greedy = model.generate(ids, max_new_tokens=12, eos_token_id=None)
     calls, original = [], DynamicDecoder.logits
     monkeypatch.setattr(DynamicDecoder, "logits", lambda self, *a, **k: calls.append(k.get("logits_to_keep", 1)) or original(self, *a, **k))
+    monkeypatch.setattr(model.generation_config, "assistant_confidence_threshold", 0.0)  # a random model is unsure
     assisted = model.generate(ids, max_new_tokens=12, eos_token_id=None, assistant_model=model)
     assert assisted.asnumpy().tolist() == greedy.asnumpy().tolist()
     assert max(calls) > 2  # the verification pass scored several candidates at once
 
 
 def test_assisted_sampling_is_reproducible(pair, draft):
+    """Reproducible from the same seed and the same assistant settings (a call adapts the assistant's confidence
+    threshold for the next one, as in transformers)."""
     _, model = pair
     ids = ms_tensor(random_ids(1, 5, seed=11))
-    runs = []
+    settings, runs = copy.deepcopy(draft[1].generation_config), []
     for _ in range(2):
+        draft[1].generation_config = copy.deepcopy(settings)
         set_seed(5)
         runs.append(model.generate(ids, max_new_tokens=10, do_sample=True, assistant_model=draft[1]).asnumpy().tolist())
     assert runs[0] == runs[1] and len(runs[0][0]) == 15

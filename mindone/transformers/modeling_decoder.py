@@ -201,13 +201,14 @@ class DecoderModel(DecoderPreTrainedModel):
         local_rope = self.rotary_emb_local(inputs_embeds, position_ids) if self.rotary_emb_local is not None else global_rope
 
         hidden_states, residual, all_hidden_states = inputs_embeds, None, ()
+        layers = self._running_layers()
         static = cache is not None and cache.is_static
         if static and not output_hidden_states and backend.decoding_rows(inputs_embeds) and self._layers_stack():
             cos, sin = global_rope
-            residual, hidden_states = backend.decoder_stack(inputs_embeds, self.layers, cos, sin, full_mask, cache,
+            residual, hidden_states = backend.decoder_stack(inputs_embeds, layers, cos, sin, full_mask, cache,
                                                             cache_position, self.layers[0].self_attn.unused)  # fmt: skip
             return self._output(final_norm(self.norm, hidden_states, residual), cache, (), False, return_dict)
-        for layer in self.layers:
+        for layer in layers:
             if output_hidden_states:
                 all_hidden_states += (layer_input(hidden_states, residual),)
             if layer.sliding_window is None:
@@ -216,6 +217,12 @@ class DecoderModel(DecoderPreTrainedModel):
                 hidden_states, residual = layer(hidden_states, residual, local_rope, sliding_mask, cache, cache_position)
         normed = final_norm(self.norm, hidden_states, residual)
         return self._output(normed, cache, all_hidden_states, output_hidden_states, return_dict)
+
+    def _running_layers(self):
+        """Every layer, or only the first `config.num_hidden_layers` while early-exit drafting lowers it."""
+        if self.config.num_hidden_layers < len(self.layers):
+            return [self.layers[i] for i in range(self.config.num_hidden_layers)]
+        return self.layers
 
 
 def _kernel_settings(layer) -> tuple:

@@ -138,6 +138,9 @@ class PreTrainedModel(nn.Cell):
         self.generation_config = GenerationConfig.from_model_config(config) if self.can_generate() else None
 
     def __call__(self, *args, **kwargs):
+        if kwargs.get("output_attentions"):
+            raise NotImplementedError("output_attentions=True is not supported: the fused attention kernels never form "
+                                      "the attention weights; call the model without it")  # fmt: skip
         if ms.get_context("mode") == ms.GRAPH_MODE:
             rope_type = rope_type_of(self.config)
             if rope_type in HOST_UPDATED_ROPE:

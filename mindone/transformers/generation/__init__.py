@@ -1,7 +1,14 @@
 from transformers.generation import BaseWatermarkingConfig, CompileConfig, SynthIDTextWatermarkingConfig, WatermarkingConfig
 
-from .candidate_generator import AssistedCandidateGenerator, CandidateGenerator, PromptLookupCandidateGenerator
+from .candidate_generator import (
+    AssistedCandidateGenerator,
+    CandidateGenerator,
+    EarlyExitCandidateGenerator,
+    PromptLookupCandidateGenerator,
+)
+from . import continuous_batching
 from .configuration_utils import GenerationConfig, GenerationMode
+from .continuous_batching import ContinuousMixin
 from .logits_process import (
     ClassifierFreeGuidanceLogitsProcessor,
     EncoderNoRepeatNGramLogitsProcessor,

@@ -75,18 +75,20 @@ class _Row:
         self.ids = np.asarray(request.input_ids, np.int64)
         self.prompt_length = len(request.input_ids)
         self.rng = np.random.default_rng(request.seed)
+        self.done = False
 
     def uniform(self) -> float:
         return np.float32(self.rng.random())
 
-    def append(self, token: int) -> bool:
-        """Adds the chosen token; True when the row is done."""
+    def append(self, token: int) -> None:
+        """Adds the chosen token; the row is done when a stopping criterion says so."""
         self.ids = np.append(self.ids, np.int64(token))
-        return bool(self.criteria.host_done(self.ids[None], None)[0])
+        self.done = bool(self.criteria.host_done(self.ids[None], None)[0])
 
     def output(self) -> GenerationOutput:
+        status = RequestStatus.FINISHED if self.done else RequestStatus.DECODING
         return GenerationOutput(self.request.request_id, list(map(int, self.ids[: self.prompt_length])),
-                                list(map(int, self.ids[self.prompt_length :])), status=RequestStatus.FINISHED)  # fmt: skip
+                                list(map(int, self.ids[self.prompt_length :])), status=status)  # fmt: skip
 
 
 def check_engine_config(model, generation_config) -> None:
@@ -110,18 +112,21 @@ def check_engine_config(model, generation_config) -> None:
                          "default PYNATIVE_MODE context")  # fmt: skip
 
 
-def _max_positions(model) -> Optional[int]:
+def max_positions_of(model) -> Optional[int]:
     return getattr(model.config.get_text_config(), "max_position_embeddings", None)
 
 
 class ContinuousBatcher:
     """`slots` rows over caches of `cache_length` positions. `run(requests)` yields each request's
-    GenerationOutput as soon as it finishes. Every request must fit: prompt plus new tokens <= cache_length."""
+    GenerationOutput as soon as it finishes; `add` and `step` serve a caller whose requests arrive over time
+    (continuous_batching.ContinuousBatchingManager). Every request must fit: prompt plus new tokens <= cache_length."""
 
-    def __init__(self, model, slots: int, cache_length: int, tokenizer=None, prefill_chunk: int = PREFILL_CHUNK):
+    def __init__(self, model, slots: int, cache_length: int, tokenizer=None, prefill_chunk: int = PREFILL_CHUNK,
+                 hold_finished: bool = False):  # fmt: skip
         self.model, self.slots, self.cache_length, self.tokenizer = model, slots, cache_length, tokenizer
+        self.rows, self.hold_finished = [None] * slots, hold_finished
         self.prefill_chunk = prefill_chunk
-        self.max_positions = _max_positions(model)
+        self.max_positions = max_positions_of(model)
         self.vocab = model.config.get_text_config().vocab_size
         self.prefill_cache = StaticCache(model.layers_config, cache_length, 1, model.dtype)
         self.ones = ms.Tensor(np.ones((slots, cache_length), np.int32))
@@ -156,32 +161,61 @@ class ContinuousBatcher:
     # ------------------------------------------------------------ the loop
     def run(self, requests: Iterable[BatchRequest]) -> Iterator[GenerationOutput]:
         pending = iter(requests)
-        rows = [None] * self.slots
-        exhausted = False
         while True:
-            for slot in range(self.slots):
-                while rows[slot] is None and not exhausted:
-                    request = next(pending, None)
-                    if request is None:
-                        exhausted = True
-                        break
-                    try:
-                        row = self._admit(request)
-                        done = row.append(self._prefill(row, slot))
-                    except (ValueError, NotImplementedError) as err:
-                        yield GenerationOutput(request.request_id, list(request.input_ids), error=str(err),
-                                               status=RequestStatus.FAILED)  # fmt: skip
-                        continue
-                    if done:
-                        yield row.output()
-                    else:
-                        rows[slot] = row
-            if all(row is None for row in rows):
+            while self.free_slot() is not None:
+                request = next(pending, None)
+                if request is None:
+                    break
+                output = self.add(request)
+                if output.status != RequestStatus.DECODING:
+                    yield output
+            if not self.busy():
                 return
-            for slot, token in enumerate(self._decode(rows)):
-                if rows[slot] is not None and rows[slot].append(token):
-                    yield rows[slot].output()
-                    rows[slot] = None
+            yield from (output for output in self.step() if output.status == RequestStatus.FINISHED)
+
+    def free_slot(self) -> Optional[int]:
+        return next((slot for slot, row in enumerate(self.rows) if row is None), None)
+
+    def busy(self) -> bool:
+        """Whether a slot holds a row still generating."""
+        return any(row is not None and not row.done for row in self.rows)
+
+    def add(self, request: BatchRequest) -> GenerationOutput:
+        """Prefills the request into a free slot. Returns its output so far: DECODING with the first token while
+        it runs on, FINISHED when that token already ended it, FAILED when it cannot run (the slot stays free)."""
+        slot = self.free_slot()
+        try:
+            row = self._admit(request)
+            row.append(self._prefill(row, slot))
+        except (ValueError, NotImplementedError) as err:
+            return GenerationOutput(request.request_id, list(request.input_ids), error=str(err),
+                                    status=RequestStatus.FAILED)  # fmt: skip
+        self._place(row, slot)
+        return row.output()
+
+    def step(self) -> list:
+        """One decode step for every running row; returns their outputs (DECODING, or FINISHED)."""
+        running = [row if row is not None and not row.done else None for row in self.rows]
+        outputs = []
+        for slot, token in enumerate(self._decode(running)):
+            row = running[slot]
+            if row is not None:
+                row.append(token)
+                self._place(row, slot)
+                outputs.append(row.output())
+        return outputs
+
+    def remove(self, request_id: str) -> bool:
+        """Frees the slot of the request (running or finished and held); False when no slot holds it."""
+        for slot, row in enumerate(self.rows):
+            if row is not None and row.request.request_id == request_id:
+                self.rows[slot] = None
+                return True
+        return False
+
+    def _place(self, row: _Row, slot: int) -> None:
+        """A running row keeps its slot; a finished one frees it unless finished rows are held (manual eviction)."""
+        self.rows[slot] = row if not row.done or self.hold_finished else None
 
     def _prefill(self, row: _Row, slot: int) -> int:
         """Runs the row's prompt into the one-row cache, copies its keys and values into cache row `slot` and
@@ -257,7 +291,7 @@ class ContinuousBatcher:
 def cache_length_of(model, requests: list) -> int:
     """The cache length that fits every request, as a power of two (at least 256) so that jobs share few graphs,
     but not past the model's positions (longer requests fail on their own)."""
-    max_positions = _max_positions(model)
+    max_positions = max_positions_of(model)
     needed = 1
     for request in requests:
         config = request.generation_config

@@ -115,15 +115,14 @@ class DeviceHead(nn.Cell):
         self.key = repr(([step.key for step in steps], do_sample, return_scores))
 
     @classmethod
-    def build(cls, processors, generation_config, vocab: int, scores_needed: bool = False) -> Optional["DeviceHead"]:
-        """The head for these processors, or None when one of them must run on the host. `scores_needed`: a
-        stopping criterion reads the scores, so the head returns them."""
+    def build(cls, processors, generation_config, vocab: int) -> Optional["DeviceHead"]:
+        """The head for these processors, or None when one of them must run on the host."""
         steps = _plan(processors, vocab)
         if steps is None:
             return None
         gc = generation_config
         record = gc.return_dict_in_generate and (gc.output_scores or gc.output_logits)
-        return cls(steps, gc.do_sample, bool(record or scores_needed))
+        return cls(steps, gc.do_sample, bool(record))
 
     # ------------------------------------------------------------ host side
     def inputs(self, ids: np.ndarray, width: int) -> tuple:

@@ -108,10 +108,8 @@ class ConfidenceCriteria(StoppingCriteria):
 
 class StoppingCriteriaList(list):
     def __call__(self, input_ids, scores, **kwargs) -> ms.Tensor:
-        done = mint.zeros((input_ids.shape[0],), dtype=ms.bool_)
-        for criteria in self:
-            done = mint.logical_or(done, criteria(input_ids, scores, **kwargs))
-        return done
+        ids = input_ids.asnumpy() if isinstance(input_ids, ms.Tensor) else np.asarray(input_ids)
+        return ms.Tensor(self.host_done(ids, scores))
 
     def host_done(self, ids: np.ndarray, scores) -> np.ndarray:
         """The same decision for numpy sequences, as numpy: the built-in criteria decide on the host without a
@@ -121,12 +119,8 @@ class StoppingCriteriaList(list):
             if hasattr(criteria, "host_done"):
                 done |= criteria.host_done(ids, scores)
             else:
-                done |= criteria(ms.Tensor(ids), scores).asnumpy().astype(bool)
+                done |= _host_bool(criteria(ms.Tensor(ids), scores))
         return done
-
-    def reads_scores(self) -> bool:
-        """Whether a criterion other than the built-in ones (which ignore the scores) is in the list."""
-        return any(not hasattr(criteria, "host_done") for criteria in self)
 
     @property
     def max_length(self) -> Optional[int]:
@@ -134,6 +128,11 @@ class StoppingCriteriaList(list):
             if isinstance(criteria, MaxLengthCriteria):
                 return criteria.max_length
         return None
+
+
+def _host_bool(decision) -> np.ndarray:
+    """A criterion's answer (a [batch] tensor, or one bool as transformers' ConfidenceCriteria returns) as numpy."""
+    return np.asarray(decision.asnumpy() if isinstance(decision, ms.Tensor) else decision, bool)
 
 
 def validate_stopping_criteria(stopping_criteria: StoppingCriteriaList, max_length: int) -> StoppingCriteriaList:

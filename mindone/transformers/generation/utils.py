@@ -7,6 +7,7 @@ transformers 4.57 step by step so warnings and errors match; decoding is one com
 
 import contextlib
 import copy
+import functools
 import logging
 import warnings
 from dataclasses import dataclass
@@ -16,17 +17,18 @@ import mindspore as ms
 import numpy as np
 from mindspore import mint, ops
 from packaging import version
-from tqdm import tqdm
 from transformers.utils import ModelOutput
 
 from .. import backend
 from ..cache_utils import Cache, DynamicCache
 from . import logits_process as lp
-from .candidate_generator import get_candidate_generator, speculative_sampling
+from .candidate_generator import AssistedCandidateGenerator, get_candidate_generator, speculative_sampling
+from .continuous_batching import ContinuousMixin
 from .configuration_utils import GenerationConfig, GenerationMode, check_meaningful
 from .decoders import DynamicDecoder, make_decoder
 from .device_head import DeviceHead, draw_uniforms, sample_tokens
 from .stopping_criteria import (
+    ConfidenceCriteria,
     EosTokenCriteria,
     MaxLengthCriteria,
     MaxTimeCriteria,
@@ -35,6 +37,7 @@ from .stopping_criteria import (
 )
 
 logger = logging.getLogger(__name__)
+warning_once = functools.lru_cache(None)(logger.warning)  # transformers' logger.warning_once: each text once
 
 
 @dataclass
@@ -96,7 +99,7 @@ def _repeat_rows(tensor: ms.Tensor, times: int) -> ms.Tensor:
 _MODEL_KWARGS = {"attention_mask", "past_key_values", "use_cache", "negative_prompt_ids", "negative_prompt_attention_mask"}
 
 
-class GenerationMixin:
+class GenerationMixin(ContinuousMixin):
     """Mixed into causal LM cells; needs `self.config`, `self.generation_config` and a HF-style forward."""
 
     # ------------------------------------------------------------------ preparation
@@ -131,7 +134,7 @@ class GenerationMixin:
         if generation_config.temperature == 0.0:  # temperature 0 means greedy even where the model samples
             generation_config.do_sample = False
         if warn and modified:
-            logger.warning(
+            warning_once(
                 f"`generation_config` default values have been modified to match model-specific defaults: "
                 f"{modified}. If this is not desired, please set these values explicitly."
             )
@@ -341,6 +344,8 @@ class GenerationMixin:
             criteria.append(StopStringCriteria(tokenizer, generation_config.stop_strings))
         if generation_config._eos_token_list is not None:
             criteria.append(EosTokenCriteria(generation_config._eos_token_list))
+        if generation_config.is_assistant and (generation_config.assistant_confidence_threshold or 0) > 0:
+            criteria.append(ConfidenceCriteria(generation_config.assistant_confidence_threshold))
         return _merge_custom(criteria, custom, "stopping criteria")
 
     # ------------------------------------------------------------------ entry point
@@ -364,11 +369,11 @@ class GenerationMixin:
     def _generation_scope(self):
         """Checks the weights once (before a compiled step is chosen) instead of in every forward inside."""
         self.check_weights()
-        self.__dict__["generating"] = True
+        outer, self.__dict__["generating"] = self.__dict__.get("generating", False), True
         try:
             yield
         finally:
-            self.__dict__["generating"] = False
+            self.__dict__["generating"] = outer
 
     def _generate(self, inputs, generation_config, logits_processor, stopping_criteria, prefix_allowed_tokens_fn,
                   assistant_model, streamer, use_model_defaults, **kwargs):  # fmt: skip
@@ -472,41 +477,6 @@ class GenerationMixin:
             ids[row] = self.generate(ms.Tensor(trimmed[None]), generation_config=config).asnumpy()[0]
         return ms.Tensor(ids)
 
-    # ------------------------------------------------------------------ continuous batching
-    def generate_batch(self, inputs: list, generation_config: Optional[GenerationConfig] = None, progress_bar: bool = True,
-                       slice_inputs: bool = True, max_batch_size: int = 8, tokenizer=None, **kwargs) -> dict:  # fmt: skip
-        """transformers 4.57's continuous-batching API: generates for every prompt in `inputs` (lists of token ids)
-        over `max_batch_size` slots, a finished row's slot taking the next prompt at once (continuous.py).
-
-        Returns {request_id: GenerationOutput} in input order, request ids "req_0", "req_1", ... as transformers
-        names them; a request that cannot run (too long, invalid) has `error` set and status FAILED. kwargs are
-        GenerationConfig fields (max_new_tokens, do_sample, ...) applied to every request; `tokenizer` is needed
-        for stop strings. Rows are never padded and the decode step always has the slots' static shape, so
-        `slice_inputs` (a padding choice of transformers' paged cache) changes nothing here. Sampled requests draw
-        from generators seeded from numpy's global generator (`set_seed` makes a call reproducible)."""
-        from .continuous import BatchRequest, ContinuousBatcher, cache_length_of, check_engine_config
-
-        if max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
-        config, model_kwargs = self._prepare_generation_config(generation_config, **kwargs)
-        if model_kwargs:
-            raise ValueError(f"generate_batch takes GenerationConfig fields, not {sorted(model_kwargs)}")
-        check_engine_config(self, config)
-        prompts = [list(map(int, np.asarray(ids).reshape(-1))) for ids in inputs]
-        if any(not ids for ids in prompts):
-            raise ValueError("every prompt in `inputs` needs at least one token id")
-        seeds = np.random.randint(0, 2**31 - 1, size=len(prompts))
-        requests = [BatchRequest(f"req_{i}", ids, config, int(seed)) for i, (ids, seed) in enumerate(zip(prompts, seeds))]
-        engine = ContinuousBatcher(self, min(max_batch_size, len(requests)) or 1, cache_length_of(self, requests),
-                                   tokenizer)  # fmt: skip
-        results = {}
-        with self._generation_scope(), tqdm(total=len(requests), disable=not progress_bar,
-                                     desc=f"Solving {len(requests)} requests", unit="request") as bar:  # fmt: skip
-            for output in engine.run(requests):
-                results[output.request_id] = output
-                bar.update(1)
-        return {request.request_id: results[request.request_id] for request in requests}
-
     # ------------------------------------------------------------------ greedy / sampling
     def _sample(self, input_ids, attention_mask, logits_processor, stopping_criteria, generation_config, streamer,
                 cache: Optional[Cache] = None):  # fmt: skip
@@ -520,8 +490,7 @@ class GenerationMixin:
         decoder = make_decoder(self, gc, batch, input_ids.shape[1], cache)
         record_scores = gc.return_dict_in_generate and gc.output_scores
         record_logits = gc.return_dict_in_generate and gc.output_logits
-        head = DeviceHead.build(logits_processor, gc, self.config.get_text_config().vocab_size,
-                                stopping_criteria.reads_scores())  # fmt: skip
+        head = DeviceHead.build(logits_processor, gc, self.config.get_text_config().vocab_size)
         ids, mask = input_ids.asnumpy(), attention_mask.asnumpy()
         all_scores, all_logits = [], []
         unfinished = np.ones(batch, bool)
@@ -548,7 +517,7 @@ class GenerationMixin:
             mask = np.concatenate([mask, np.ones((batch, 1), mask.dtype)], -1)
             if streamer is not None:
                 streamer.put(ms.Tensor(next_tokens.astype(ids.dtype)))
-            unfinished &= ~stopping_criteria.host_done(ids, scores)
+            unfinished &= ~stopping_criteria.host_done(ids, tuple(all_scores) if record_scores else None)
             if not unfinished.any():
                 break
         return _finish(ms.Tensor(ids, input_ids.dtype), gc, streamer, all_scores, all_logits, decoder.returned_cache())
@@ -603,20 +572,21 @@ class GenerationMixin:
             raise ValueError(f"num_return_sequences has to be 1 when doing assisted generate, but is {gc.num_return_sequences}.")
         if gc.cache_implementation == "static" or ms.get_context("mode") == ms.GRAPH_MODE:
             raise ValueError("assisted generate is not supported with Static cache classes`")
-        generator = get_candidate_generator(gc, assistant_model, logits_processor)
+        generator = get_candidate_generator(self, gc, input_ids, logits_processor, {"attention_mask": attention_mask},
+                                            assistant_model)  # fmt: skip
         decoder = DynamicDecoder(self, gc, DynamicCache())
         all_scores, all_logits = [], []
         while True:
             length = input_ids.shape[1]
-            candidates, draft_scores = generator.get_candidates(input_ids)
-            k = len(candidates)
-            candidate_ids = mint.cat([input_ids, ms.Tensor(candidates.reshape(1, -1), input_ids.dtype)], dim=-1)
+            candidate_ids, draft_scores = generator.get_candidates(input_ids)
+            k = candidate_ids.shape[1] - length
+            candidates = candidate_ids.asnumpy()[0, length:]
             is_done_candidate = k > 0 and bool(stopping_criteria(candidate_ids, None)[0])
             mask = mint.cat([attention_mask, mint.ones((1, k), dtype=ms.int32)], dim=-1)
             logits = decoder.logits(candidate_ids, mask, logits_to_keep=k + 1)[0]
             scores = mint.cat([logits_processor(candidate_ids[:, : length + i], logits[i : i + 1]) for i in range(k + 1)])
             if gc.do_sample and draft_scores is not None:
-                accepted, matches = speculative_sampling(candidates, draft_scores, scores, is_done_candidate)
+                accepted, matches = speculative_sampling(candidates, draft_scores[0], scores, is_done_candidate)
             else:
                 choice = backend.multinomial(mint.softmax(scores, dim=-1)) if gc.do_sample else backend.argmax(scores)
                 choice = choice.asnumpy()
@@ -629,11 +599,12 @@ class GenerationMixin:
             if streamer is not None:
                 streamer.put(new_tokens)
             decoder.cache.crop(input_ids.shape[1] - 1)
-            generator.update_candidate_strategy(input_ids, scores, matches)
+            generator.update_candidate_strategy(input_ids, scores.expand_dims(0), matches)
             all_scores += [scores[i : i + 1] for i in range(matches + 1)]
             all_logits += [logits[i : i + 1] for i in range(matches + 1)]
             if bool(stopping_criteria(input_ids, tuple(all_scores)).all()):
                 break
+        _keep_learned_draft_length(generator)
         return _finish(input_ids, gc, streamer, all_scores, all_logits, decoder.returned_cache())
 
     # ------------------------------------------------------------------ scores of chosen tokens
@@ -782,15 +753,20 @@ def _check_supported(gc) -> None:
     if gc.cache_implementation not in CACHE_IMPLEMENTATIONS:
         raise NotImplementedError(f"cache_implementation={gc.cache_implementation!r} is not supported; use 'static' "
                                   "(preallocated, compiled decode steps) or 'dynamic' (the default)")  # fmt: skip
-    if gc.assistant_early_exit is not None:
-        raise NotImplementedError("assistant_early_exit (drafting with the model's own first layers) is not supported "
-                                  "yet; pass an assistant_model or prompt_lookup_num_tokens")  # fmt: skip
     if gc.return_dict_in_generate and gc.output_attentions:
         raise NotImplementedError("output_attentions=True is not supported: the fused attention kernels never form the "
                                   "attention weights; generate without it")  # fmt: skip
     if gc.return_dict_in_generate and gc.output_hidden_states:
         raise NotImplementedError("output_hidden_states=True is not supported in generate() yet; run the model's "
                                   "forward with output_hidden_states=True on the generated sequences instead")  # fmt: skip
+
+
+def _keep_learned_draft_length(generator) -> None:
+    """Under the "heuristic" schedule the draft length learned in this call is the assistant's next starting point."""
+    if isinstance(generator, AssistedCandidateGenerator):
+        settings = generator.assistant_model.generation_config
+        if settings.num_assistant_tokens_schedule == "heuristic":
+            settings.num_assistant_tokens = generator.num_assistant_tokens
 
 
 def _check_prompts(given: bool, option: str) -> None:
@@ -807,7 +783,7 @@ def _merge_custom(default_list, custom, kind: str):
     for default in default_list:
         replacement = next((item for item in custom if type(item) is type(default)), None)
         if replacement is not None:
-            logger.warning(
+            warning_once(
                 f"A custom {kind} of type {type(replacement)} has been passed to `.generate()`, but it was also "
                 f"created in `.generate()`, given its parameterization. The custom {type(replacement)} will take "
                 f"precedence. Please check the docstring of {type(replacement)} to see related `.generate()` flags."
