@@ -207,13 +207,6 @@ def test_past_key_values_inputs_like_transformers(pair):
         model.generate(ids, max_new_tokens=5, past_key_values=DynamicCache(), cache_implementation="static")
 
 
-def test_synthid_watermarking_is_refused_until_it_is_implemented(pair):
-    _, model = pair
-    config = transformers.SynthIDTextWatermarkingConfig(keys=[1, 2, 3], ngram_len=2)
-    with pytest.raises(NotImplementedError, match="SynthIDTextWatermarkingConfig is not supported yet"):
-        model.generate(ms_tensor(random_ids(1, 4)), max_new_tokens=2, watermarking_config=config)
-
-
 @pytest.mark.parametrize(
     "option, message",
     [

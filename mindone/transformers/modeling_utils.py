@@ -84,13 +84,15 @@ def _check_location(path: str, hub_kwargs: dict) -> None:
         )
 
 
-def load_config(path: str, hub_kwargs: dict, **kwargs):
-    """transformers' AutoConfig for the checkpoint; returns (config, kwargs it did not consume)."""
+def load_config(path: str, hub_kwargs: dict, config_class=None, **kwargs):
+    """transformers' AutoConfig for the checkpoint, or `config_class` when it has no model_type for AutoConfig to go
+    by (BayesianDetectorConfig); returns (config, kwargs it did not consume)."""
     config_file = _hub_file(path, "config.json", hub_kwargs)
     if config_file is None:
         raise OSError(f"'{path}' has no config.json; pass a directory written by save_pretrained (or gguf_file=...)")
+    reader = config_class if config_class is not None and not config_class.model_type else AutoConfig
     try:
-        config, unused = AutoConfig.from_pretrained(path, return_unused_kwargs=True, **hub_kwargs, **kwargs)
+        config, unused = reader.from_pretrained(path, return_unused_kwargs=True, **hub_kwargs, **kwargs)
     except (KeyError, ValueError) as err:
         with open(config_file) as f:
             model_type = json.load(f).get("model_type")
@@ -245,7 +247,7 @@ class PreTrainedModel(nn.Cell):
         else:
             _check_location(path, hub_kwargs)
             if config is None:
-                config, kwargs = load_config(path, hub_kwargs, **kwargs)
+                config, kwargs = load_config(path, hub_kwargs, cls.config_class, **kwargs)
             files = weight_files(path, hub_kwargs)
             read_tensors = lambda names: (item for file in files for item in iter_safetensors(file, model._checkpoint_slice))  # noqa: E731
             generation_config = None

@@ -58,4 +58,10 @@ from .utils import (
     GreedySearchDecoderOnlyOutput,
     SampleDecoderOnlyOutput,
 )
+from .synthid import (
+    BayesianDetectorConfig,
+    BayesianDetectorModel,
+    SynthIDTextWatermarkDetector,
+    SynthIDTextWatermarkLogitsProcessor,
+)
 from .watermarking import WatermarkDetector, WatermarkDetectorOutput, WatermarkLogitsProcessor

@@ -296,12 +296,18 @@ class GenerationMixin(ContinuousMixin):
         return processors
 
     def _watermark_processor(self, config):
-        from transformers.generation import WatermarkingConfig
+        """transformers' config.construct_processor(vocab_size, device), building this library's processor."""
+        from transformers.generation import SynthIDTextWatermarkingConfig, WatermarkingConfig
 
+        from .synthid import SynthIDTextWatermarkLogitsProcessor
         from .watermarking import WatermarkLogitsProcessor
 
+        if isinstance(config, SynthIDTextWatermarkingConfig):
+            return SynthIDTextWatermarkLogitsProcessor(**config.to_dict(), device=None)
         if not isinstance(config, WatermarkingConfig):
-            raise NotImplementedError(f"{type(config).__name__} is not supported yet; use WatermarkingConfig")
+            raise NotImplementedError(
+                f"{type(config).__name__} is not supported; use WatermarkingConfig or SynthIDTextWatermarkingConfig"
+            )
         return WatermarkLogitsProcessor(self.config.get_text_config().vocab_size, None, **config.to_dict())
 
     @staticmethod

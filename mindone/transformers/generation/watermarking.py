@@ -4,7 +4,8 @@ a bias; the detector counts green tokens in a text and turns the count into a z-
 
 transformers draws the permutations from PyTorch's CPU generator; `generator_permutation` reproduces that stream
 exactly (a Mersenne Twister seeded with the seed's low 32 bits, then a Fisher-Yates pass taking each swap index as
-the next 32-bit output modulo the remaining length), so the same text is watermarked and detected here as there."""
+the next 32-bit output modulo the remaining length), so the same text is watermarked and detected here as there.
+`generator_randint` reproduces torch.randint from the same generator, for SynthID's sampling table (synthid.py)."""
 
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -17,16 +18,31 @@ from .logits_process import LogitsProcessor, host_array
 _TABLE_SIZE = 1_000_003
 
 
-def generator_permutation(n: int, seed: int) -> np.ndarray:
-    """torch.randperm(n, generator=torch.Generator().manual_seed(seed)) on the CPU, as an int64 array."""
+def _torch_cpu_generator(seed: int) -> np.random.MT19937:
+    """The Mersenne Twister of torch.Generator().manual_seed(seed): seeded with the seed's low 32 bits."""
     bits = np.random.MT19937()
     bits._legacy_seeding(int(seed) & 0xFFFFFFFF)
-    draws = bits.random_raw(max(n - 1, 0)).astype(np.int64)
+    return bits
+
+
+def generator_permutation(n: int, seed: int) -> np.ndarray:
+    """torch.randperm(n, generator=torch.Generator().manual_seed(seed)) on the CPU, as an int64 array."""
+    draws = _torch_cpu_generator(seed).random_raw(max(n - 1, 0)).astype(np.int64)
     swaps = (draws % np.arange(n, 1, -1, dtype=np.int64) + np.arange(n - 1)).tolist()
     permutation = list(range(n))
     for i, z in enumerate(swaps):
         permutation[i], permutation[z] = permutation[z], permutation[i]
     return np.array(permutation, np.int64)
+
+
+def generator_randint(low: int, high: int, size: int, seed: int) -> np.ndarray:
+    """torch.randint(low, high, (size,), generator=torch.Generator().manual_seed(seed)) on the CPU, as an int64
+    array: each value is the next 32-bit output modulo the range, plus low."""
+    span = high - low
+    if not 0 < span < 2**32:
+        raise ValueError(f"randint range [{low}, {high}) must hold 1 to 2**32 - 1 values (wider ones draw 64 bits)")
+    draws = _torch_cpu_generator(seed).random_raw(size).astype(np.int64)
+    return draws % span + low
 
 
 class WatermarkLogitsProcessor(LogitsProcessor):
