@@ -199,3 +199,17 @@ def test_early_exit_is_refused_for_a_model_that_always_runs_every_layer(tmp_path
     model = GPT2LMHeadModel.from_pretrained(str(tmp_path))
     with pytest.raises(ValueError, match="GPT2LMHeadModel always runs all of them"):
         model.generate(ms_tensor(random_ids(1, 4)), max_new_tokens=4, assistant_early_exit=1, pad_token_id=0)
+
+
+@pytest.mark.parametrize("name, value", [("num_assistant_tokens", 3), ("assistant_confidence_threshold", 0.9),
+                                         ("num_assistant_tokens_schedule", "heuristic")])  # fmt: skip
+def test_drafting_settings_given_to_generate_are_refused_instead_of_ignored(models, name, value):
+    """transformers reads them from the drafting model's generation_config and ignores them as generate() arguments."""
+    (_, main), (_, draft) = models
+    ids = ms_tensor(random_ids(1, 4))
+    with pytest.raises(ValueError, match=f"{name} is read from the drafting model's generation_config"):
+        main.generate(ids, max_new_tokens=3, assistant_model=draft, **{name: value})
+    with pytest.raises(ValueError, match=f"{name} applies to drafting with assistant_model or assistant_early_exit"):
+        main.generate(ids, max_new_tokens=3, **{name: value})
+    setattr(draft.generation_config, name, value)  # where it takes effect (restored by saved_settings)
+    main.generate(ids, max_new_tokens=3, assistant_model=draft, **{name: value})

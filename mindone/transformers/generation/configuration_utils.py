@@ -39,6 +39,9 @@ def check_meaningful(config: GenerationConfig) -> None:
             continue
         if not meaningful(value):
             raise ValueError(f"{name}={value!r} is outside {allowed}: {meaning}")
+    if config.diversity_penalty and (config.num_beam_groups or 1) <= 1:  # transformers then ignores it
+        raise ValueError(f"diversity_penalty={config.diversity_penalty!r} acts only between beam groups "
+                         "(num_beam_groups > 1, group beam search, which is not supported); leave it at 0.0")  # fmt: skip
 
 
 __all__ = ["GenerationConfig", "GenerationMode", "check_meaningful"]

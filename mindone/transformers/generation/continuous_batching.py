@@ -16,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .continuous import (
+    PREFILL_CHUNK,
     BatchRequest,
     ContinuousBatcher,
     GenerationOutput,
@@ -147,8 +148,9 @@ class ContinuousBatchingManager:
     # ------------------------------------------------------------ the loop (background thread)
     def _run_generation_loop(self) -> None:
         try:
+            chunk = self.generation_config.prefill_chunk_size or PREFILL_CHUNK
             self.engine = ContinuousBatcher(self.model, self.max_batch_size, self.max_cache_length, self.tokenizer,
-                                            hold_finished=self.manual_eviction)  # fmt: skip
+                                            chunk, hold_finished=self.manual_eviction)  # fmt: skip
             with self.model._generation_scope():
                 while not self.stop_event.is_set() or self._has_pending():
                     self._drop_cancelled_and_evicted()
@@ -229,7 +231,7 @@ class ContinuousMixin:
         seeds = np.random.randint(0, 2**31 - 1, size=len(prompts))
         requests = [BatchRequest(f"req_{i}", ids, config, int(seed)) for i, (ids, seed) in enumerate(zip(prompts, seeds))]
         engine = ContinuousBatcher(self, min(max_batch_size, len(requests)) or 1, cache_length_of(self, requests),
-                                   tokenizer)  # fmt: skip
+                                   tokenizer, config.prefill_chunk_size or PREFILL_CHUNK)  # fmt: skip
         results = {}
         with self._generation_scope(), tqdm(total=len(requests), disable=not progress_bar,
                                      desc=f"Solving {len(requests)} requests", unit="request") as bar:  # fmt: skip

@@ -49,6 +49,7 @@ class DynamicDecoder:
         recompute = getattr(model, "recompute_cache_at_rope_switch", False)
         self.rope_switch = rope_switch_length(model.config) if recompute else None
         self.width = generation_config.max_length
+        self.prefill_chunk = generation_config.prefill_chunk_size
 
     def logits(self, input_ids, attention_mask, logits_to_keep: int = 1) -> ms.Tensor:
         return self._forward(host_array(input_ids), host_array(attention_mask), logits_to_keep)
@@ -63,23 +64,32 @@ class DynamicDecoder:
         length = ids.shape[1]
         if self.rope_switch is not None and 0 < seen <= self.rope_switch < length:
             seen = self._restart()  # cached keys were rotated for the short context: recompute them
-        kwargs = {}
         mask = mask.astype(np.int32)
-        attention_mask = mask
+        if self.prefill_chunk and self.cache is not None:  # transformers' chunked prefill: all but the scored tokens
+            for start in range(seen, length - logits_to_keep, self.prefill_chunk):
+                self._run(ids, mask, start, min(start + self.prefill_chunk, length - logits_to_keep), 1)
+            seen = max(seen, length - logits_to_keep)
+        return self._run(ids, mask, seen, length, logits_to_keep)
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray, start: int, end: int, logits_to_keep: int) -> ms.Tensor:
+        """The model over tokens [start, end) of `ids` (the cache holds those before `start`)."""
+        kwargs = {}
+        attention_mask = mask[:, :end]
         if isinstance(self.cache, StaticCache):  # the mask covers every slot; causality hides the unwritten ones
-            attention_mask = np.concatenate([mask, np.ones((mask.shape[0], self.cache.max_cache_len - length), np.int32)], -1)
-            kwargs["cache_position"] = ms.Tensor(np.arange(seen, length, dtype=np.int32))
+            free = self.cache.max_cache_len - mask.shape[1]
+            attention_mask = np.concatenate([mask, np.ones((mask.shape[0], free), np.int32)], -1)
+            kwargs["cache_position"] = ms.Tensor(np.arange(start, end, dtype=np.int32))
         outputs = self.model(
-            input_ids=ms.Tensor(ids[:, seen:]),
+            input_ids=ms.Tensor(ids[:, start:end]),
             attention_mask=ms.Tensor(attention_mask),
-            position_ids=ms.Tensor(positions(mask)[:, seen:]),
+            position_ids=ms.Tensor(positions(mask)[:, start:end]),
             past_key_values=self.cache,
             use_cache=self.cache is not None,
             logits_to_keep=logits_to_keep,
             **kwargs,
         )
         if isinstance(self.cache, StaticCache):
-            self.cache.seen_tokens = length
+            self.cache.seen_tokens = end
         return outputs.logits.astype(ms.float32)
 
     def _restart(self) -> int:
@@ -288,12 +298,13 @@ class StaticDecoder:
 
 def make_decoder(model, generation_config, batch: int, input_length: int, cache: Optional[Cache] = None):
     """Static (compiled) when asked for with cache_implementation="static", given a StaticCache, or when the
-    global context is GRAPH_MODE; PyNative otherwise."""
-    wants_static = (
-        generation_config.cache_implementation == "static"
-        or isinstance(cache, StaticCache)
-        or ms.get_context("mode") == ms.GRAPH_MODE
-    )
-    if wants_static and generation_config.use_cache:
+    global context is GRAPH_MODE; PyNative otherwise, also over a static cache when `disable_compile` is set."""
+    graph_mode = ms.get_context("mode") == ms.GRAPH_MODE
+    wants_static = generation_config.cache_implementation == "static" or isinstance(cache, StaticCache) or graph_mode
+    if graph_mode and (generation_config.disable_compile or generation_config.prefill_chunk_size):
+        option = "disable_compile=True" if generation_config.disable_compile else "prefill_chunk_size"
+        raise ValueError(f"{option} needs the model run op by op, but the global context is GRAPH_MODE, where every "
+                         "forward is compiled; set ms.set_context(mode=ms.PYNATIVE_MODE)")  # fmt: skip
+    if wants_static and generation_config.use_cache and not generation_config.disable_compile:
         return StaticDecoder(model, generation_config, batch, input_length, cache if isinstance(cache, StaticCache) else None)
     return DynamicDecoder(model, generation_config, cache, batch)

@@ -388,8 +388,8 @@ class GenerationMixin(ContinuousMixin):
             raise NotImplementedError("assistant models with a different tokenizer (assistant_tokenizer) are not supported")
         generation_config, model_kwargs = self._prepare_generation_config(generation_config, use_model_defaults, **kwargs)
         input_ids = inputs if inputs is not None else model_kwargs.pop("input_ids", None)
-        if input_ids is None:
-            raise ValueError("generate() needs `input_ids` (a [batch, length] tensor of token ids)")
+        if input_ids is None:  # transformers starts one row from bos_token_id
+            input_ids = _bos_prompt(generation_config)
         input_ids = _as_id_tensor(input_ids)
         if input_ids.ndim != 2 or input_ids.shape[1] == 0:
             raise ValueError(f"input_ids must be a non-empty [batch, length] tensor, got shape {tuple(input_ids.shape)}")
@@ -402,6 +402,8 @@ class GenerationMixin(ContinuousMixin):
         attention_mask = _as_id_tensor(attention_mask).astype(ms.int32)
 
         _check_supported(generation_config)
+        _check_assistant_settings(kwargs, assistant_model if assistant_model is not None else
+                                  self if generation_config.assistant_early_exit is not None else None)  # fmt: skip
         mode = generation_config.get_generation_mode(assistant_model)
         if streamer is not None and generation_config.num_beams > 1:
             raise ValueError("`streamer` cannot be used with beam search (yet!). Make sure that `num_beams` is set to 1.")
@@ -443,9 +445,9 @@ class GenerationMixin(ContinuousMixin):
                 streamer.put(input_ids)
             return self._assisted_decoding(input_ids, attention_mask, processors, criteria, generation_config,
                                            streamer, assistant_model)  # fmt: skip
-        raise NotImplementedError(
-            f"generation mode {mode.value!r} is not supported; use greedy, sampling, beam search or assisted decoding"
-        )
+        raise NotImplementedError(f"{MOVED_TO_THE_HUB.get(mode, mode.value)} is not supported (transformers 4.57 "
+                                  "moved it to Hub custom_generate code); use greedy, sampling, beam search or assisted "
+                                  "decoding")  # fmt: skip
 
     def heal_tokens(self, input_ids, tokenizer=None) -> ms.Tensor:
         """transformers' token healing: each prompt (decoded, stripped, re-tokenized) loses its last token, which one
@@ -535,6 +537,10 @@ class GenerationMixin(ContinuousMixin):
         batch): keep the best `num_beams` running hypotheses and the best `num_beams` finished ones per row.
 
         The model runs on device; the small [batch, beams] bookkeeping runs in numpy."""
+        if generation_config.low_memory:  # transformers' error
+            raise ValueError("`low_memory=True` is not supported after the beam search refactor. Please check the "
+                             "discussion in #35802 *after the PR got merged*, and add a comment there if your questions "
+                             "are not yet answered.")  # fmt: skip
         search = _BeamSearchState(generation_config, input_ids, self.config.get_text_config().vocab_size)
         decoder = make_decoder(self, generation_config, input_ids.shape[0], input_ids.shape[1], cache)
         record_scores = generation_config.return_dict_in_generate and generation_config.output_scores
@@ -562,7 +568,7 @@ class GenerationMixin(ContinuousMixin):
             scores=tuple(all_scores) if record_scores else None,
             logits=tuple(all_logits) if record_logits else None,
             beam_indices=ms.Tensor(beam_indices),
-            past_key_values=decoder.returned_cache(),
+            past_key_values=_returned_cache(decoder.returned_cache(), generation_config),
         )
 
     # ------------------------------------------------------------------ assisted decoding
@@ -644,8 +650,22 @@ def _finish(sequences, generation_config, streamer, scores: list, logits: list, 
         sequences=sequences,
         scores=tuple(scores) if generation_config.output_scores else None,
         logits=tuple(logits) if generation_config.output_logits else None,
-        past_key_values=cache,
+        past_key_values=_returned_cache(cache, generation_config),
     )
+
+
+def _returned_cache(cache, generation_config):
+    """The output's past_key_values; legacy ((key, value), ...) tuples for return_legacy_cache=True, as transformers."""
+    if generation_config.return_legacy_cache is True and cache is not None:
+        return cache.to_legacy_cache()
+    return cache
+
+
+def _bos_prompt(generation_config) -> np.ndarray:
+    """transformers' input_ids when none are given: one row holding bos_token_id."""
+    if generation_config.bos_token_id is None:
+        raise ValueError("`bos_token_id` has to be defined when no `input_ids` are provided.")
+    return np.array([[generation_config.bos_token_id]], np.int64)
 
 
 class _BeamSearchState:
@@ -752,6 +772,12 @@ def _top_indices(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 CACHE_IMPLEMENTATIONS = (None, "static", "dynamic")
+MOVED_TO_THE_HUB = {  # decoding modes transformers 4.57 left to Hub code, by the options that ask for them
+    GenerationMode.CONTRASTIVE_SEARCH: "penalty_alpha (contrastive search)",
+    GenerationMode.DOLA_GENERATION: "dola_layers (DoLa decoding)",
+    GenerationMode.GROUP_BEAM_SEARCH: "num_beam_groups > 1 (group beam search, with diversity_penalty)",
+    GenerationMode.CONSTRAINED_BEAM_SEARCH: "constraints / force_words_ids (constrained beam search)",
+}
 
 
 def _check_supported(gc) -> None:
@@ -765,6 +791,23 @@ def _check_supported(gc) -> None:
     if gc.return_dict_in_generate and gc.output_hidden_states:
         raise NotImplementedError("output_hidden_states=True is not supported in generate() yet; run the model's "
                                   "forward with output_hidden_states=True on the generated sequences instead")  # fmt: skip
+
+
+DRAFTER_SETTINGS = ("num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold")
+
+
+def _check_assistant_settings(kwargs: dict, drafter) -> None:
+    """transformers reads these from the drafting model's generation_config; passed to generate() they would be
+    ignored, so a value that differs from the drafter's (or that has no drafter) is an error here."""
+    for name in DRAFTER_SETTINGS:
+        if name not in kwargs:
+            continue
+        if drafter is None:
+            raise ValueError(f"{name} applies to drafting with assistant_model or assistant_early_exit, which this call "
+                             "does not use")  # fmt: skip
+        if getattr(drafter.generation_config, name) != kwargs[name]:
+            raise ValueError(f"{name} is read from the drafting model's generation_config, as in transformers, not from "
+                             f"generate()'s arguments; set <model>.generation_config.{name} = {kwargs[name]!r} on it")  # fmt: skip
 
 
 def _keep_learned_draft_length(generator) -> None:
