@@ -211,5 +211,17 @@ def test_drafting_settings_given_to_generate_are_refused_instead_of_ignored(mode
         main.generate(ids, max_new_tokens=3, assistant_model=draft, **{name: value})
     with pytest.raises(ValueError, match=f"{name} applies to drafting with assistant_model or assistant_early_exit"):
         main.generate(ids, max_new_tokens=3, **{name: value})
-    setattr(draft.generation_config, name, value)  # where it takes effect (restored by saved_settings)
-    main.generate(ids, max_new_tokens=3, assistant_model=draft, **{name: value})
+    setattr(draft.generation_config, name, value)  # where it takes effect (restored by saved_settings) ...
+    with pytest.raises(ValueError, match=f"{name} is read from the drafting model's generation_config"):
+        main.generate(ids, max_new_tokens=3, assistant_model=draft, **{name: value})  # ... not here, even when equal
+    main.generate(ids, max_new_tokens=3, assistant_model=draft)
+
+
+def test_legacy_cache_output_with_an_assistant(models):
+    """The assistant's own cache stays a cache object between rounds (transformers 4.57 hands it legacy tuples
+    and fails in the second round); the caller gets the legacy tuples it asked for."""
+    (_, main), (_, draft) = models
+    output = main.generate(ms_tensor(random_ids(1, 5, seed=2)), max_new_tokens=8, assistant_model=draft,
+                           return_dict_in_generate=True, return_legacy_cache=True)  # fmt: skip
+    assert isinstance(output.past_key_values, tuple) and len(output.past_key_values) == 3
+    assert output.sequences.shape == (1, 13)

@@ -90,10 +90,7 @@ def test_a_cancelled_request_sends_nothing_and_the_others_finish(pair):
     manager.cancel_request("cancelled")
     manager.start()
     manager.stop(block=True, timeout=WAIT)
-    outputs = []
-    while (output := manager.get_result(timeout=0.1)) is not None:
-        outputs.append(output)
-    assert [output.request_id for output in outputs] == ["kept"]
+    assert [output.request_id for output in _drain(manager)] == ["kept"]
 
 
 def test_manual_eviction_holds_the_slot_until_evicted(pair):
@@ -104,7 +101,8 @@ def test_manual_eviction_holds_the_slot_until_evicted(pair):
         manager.add_request(random_ids(1, 4, seed=1)[0].tolist())
         assert set(finished(manager, 1)) == {"req_0"}
         manager.add_request(random_ids(1, 4, seed=2)[0].tolist())
-        assert manager.get_result(timeout=2) is None  # the only slot still holds req_0
+        time.sleep(0.5)
+        assert manager.engine.free_slot() is None and manager.get_result(timeout=0.5) is None  # req_0 holds it
         manager.evict_request_from_cache("req_0")
         assert set(finished(manager, 1)) == {"req_1"}
     finally:
@@ -144,3 +142,28 @@ def test_options_the_engine_cannot_serve_are_refused_when_the_manager_is_made(pa
     with pytest.raises(ValueError, match="generate_batch serves greedy decoding and sampling, not beam_search"):
         model.init_continuous_batching(settings(num_beams=2))
     assert isinstance(manager_of(model), ContinuousBatchingManager)
+
+
+def test_cancelling_a_running_request_frees_its_slot(pair):
+    _, model = pair
+    manager = manager_of(model, slots=1, streaming=True, max_new_tokens=40, eos_token_id=98)
+    manager.start()
+    try:
+        running = manager.add_request(random_ids(1, 4, seed=1)[0].tolist())
+        waiting = manager.add_request(random_ids(1, 4, seed=2)[0].tolist(), max_new_tokens=3)
+        first = next(manager.request_id_iter(running))
+        manager.cancel_request(running)
+        outputs = list(manager.request_id_iter(waiting))
+    finally:
+        manager.stop(block=True, timeout=WAIT)
+    assert first.status == RequestStatus.DECODING and len(first.generated_tokens) == 1
+    assert outputs[-1].status == RequestStatus.FINISHED and len(outputs[-1].generated_tokens) == 3
+    leftovers = [output for output in _drain(manager) if output.request_id == running]  # sent before the cancel
+    assert all(output.status == RequestStatus.DECODING for output in leftovers)
+
+
+def _drain(manager) -> list:
+    outputs = []
+    while (output := manager.get_result(timeout=0.1)) is not None:
+        outputs.append(output)
+    return outputs

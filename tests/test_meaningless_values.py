@@ -19,6 +19,8 @@ MEANINGLESS = [
     (dict(min_new_tokens=-1), "min_new_tokens=-1 is outside [0, inf)"),
     (dict(max_time=0.0), "max_time=0.0 is outside (0, inf)"),
     (dict(diversity_penalty=-1.0), "diversity_penalty=-1.0 is outside [0, inf)"),
+    (dict(assistant_early_exit=0), "assistant_early_exit=0 is outside [1, inf)"),
+    (dict(prefill_chunk_size=0), "prefill_chunk_size=0 is outside [1, inf)"),
 ]
 
 

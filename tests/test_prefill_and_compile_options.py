@@ -87,3 +87,12 @@ def test_options_that_need_pynative_are_refused_under_graph_mode(pair, option):
             model.generate(ms_tensor(random_ids(1, 4)), max_new_tokens=2, **option)
     finally:
         ms.set_context(mode=ms.PYNATIVE_MODE)
+
+
+def test_chunked_prefill_without_a_cache_raises_like_transformers(pair):
+    reference, model = pair
+    ids = random_ids(1, 6)
+    with pytest.raises(ValueError, match="Cannot use prefill chunking without a cache"), torch.no_grad():
+        reference.generate(torch.tensor(ids), max_new_tokens=2, prefill_chunk_size=2, use_cache=False)
+    with pytest.raises(ValueError, match="Cannot use prefill chunking without a cache"):
+        model.generate(ms_tensor(ids), max_new_tokens=2, prefill_chunk_size=2, use_cache=False)

@@ -282,3 +282,14 @@ def test_bad_input_is_refused_with_one_line():
         detector(np.zeros((2, 4, 2)), np.ones((2, 4)), labels=np.ones(3))
     with pytest.raises(ValueError, match="watermarking_depth=2"):
         detector(np.zeros((2, 4, 3)), np.ones((2, 4)))
+
+
+def test_detector_config_reads_transformers_file(tmp_path):
+    """The config is this library's class (transformers' needs PyTorch to import) writing the same config.json."""
+    from transformers.generation import BayesianDetectorConfig as TheirConfig
+
+    theirs = TheirConfig(watermarking_depth=3, base_rate=0.2)
+    theirs.set_detector_information("tiny-llama", {"keys": KEYS, "ngram_len": 5})
+    theirs.save_pretrained(tmp_path)
+    ours = BayesianDetectorConfig.from_pretrained(str(tmp_path))
+    assert ours.to_dict() == theirs.to_dict()

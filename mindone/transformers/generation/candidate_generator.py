@@ -54,6 +54,7 @@ class AssistedCandidateGenerator(CandidateGenerator):
         self.generation_config.min_length = 0
         self.generation_config.min_new_tokens = None
         self.generation_config.cache_implementation = None
+        self.generation_config.return_legacy_cache = False  # the kept cache is cropped between rounds
         self.probs, self.matches = [], []  # the assistant's probability of each drafted token, and whether it held
 
     def get_candidates(self, input_ids):
@@ -130,7 +131,8 @@ class EarlyExitCandidateGenerator(AssistedCandidateGenerator):
                  logits_processor=None):  # fmt: skip
         if not hasattr(getattr(assistant_model, assistant_model.base_model_prefix), "_running_layers"):
             raise ValueError(f"assistant_early_exit needs a model that can stop after its first layers; "
-                             f"{type(assistant_model).__name__} always runs all of them")  # fmt: skip
+                             f"{type(assistant_model).__name__} always runs all of them: pass an assistant_model or "
+                             "prompt_lookup_num_tokens instead")  # fmt: skip
         super().__init__(input_ids, assistant_model, generation_config, model_kwargs, inputs_tensor, logits_processor)
         self.assistant_early_exit = self.generation_config.assistant_early_exit
         self.generation_config.assistant_early_exit = None
@@ -161,18 +163,22 @@ class PromptLookupCandidateGenerator(CandidateGenerator):
 
     def get_candidates(self, input_ids):
         ids = input_ids.asnumpy()[0]
+        room = max(0, min(self.num_output_tokens, self.max_length - len(ids) - 1))
+        chosen = _cut_at_eos(self._first_match(ids, room), self.eos_token_id)
+        if not len(chosen):
+            return input_ids, None
+        return mint.cat([input_ids, ms.Tensor(chosen.reshape(1, -1), input_ids.dtype)], dim=-1), None
+
+    def _first_match(self, ids: np.ndarray, room: int) -> np.ndarray:
+        """The allowed tokens after the earliest occurrence of the longest trailing n-gram that has any."""
         length = len(ids)
-        room = max(0, min(self.num_output_tokens, self.max_length - length - 1))
         for n in range(min(self.max_matching_ngram_size, length - 1), 0, -1) if room else ():
             windows = np.lib.stride_tricks.sliding_window_view(ids, n)
             for start in np.nonzero((windows == ids[-n:]).all(axis=1))[0] + n:
                 chosen = self._allowed_prefix(ids, ids[start : min(start + room, length)])
                 if len(chosen):
-                    chosen = _cut_at_eos(chosen, self.eos_token_id)
-                    if len(chosen):
-                        return mint.cat([input_ids, ms.Tensor(chosen.reshape(1, -1), input_ids.dtype)], dim=-1), None
-                    return input_ids, None
-        return input_ids, None
+                    return chosen
+        return ids[:0]
 
     def update_candidate_strategy(self, input_ids, scores, num_matches: int) -> None:
         pass

@@ -27,6 +27,8 @@ _MEANINGFUL = {
     "max_time": (lambda v: v > 0, "(0, inf)", "seconds of generation at most"),
     "prompt_lookup_num_tokens": (lambda v: v >= 1, "[1, inf)", "tokens copied from the prompt per step"),
     "num_assistant_tokens": (lambda v: v >= 1, "[1, inf)", "tokens the assistant model drafts per step"),
+    "assistant_early_exit": (lambda v: v >= 1, "[1, inf)", "the number of the model's first layers that draft"),
+    "prefill_chunk_size": (lambda v: v >= 1, "[1, inf)", "prompt tokens per prefill forward"),
 }
 
 

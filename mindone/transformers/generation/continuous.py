@@ -171,7 +171,7 @@ class ContinuousBatcher:
                     yield output
             if not self.busy():
                 return
-            yield from (output for output in self.step() if output.status == RequestStatus.FINISHED)
+            yield from (row.output() for row in self.step() if row.done)
 
     def free_slot(self) -> Optional[int]:
         return next((slot for slot, row in enumerate(self.rows) if row is None), None)
@@ -194,16 +194,14 @@ class ContinuousBatcher:
         return row.output()
 
     def step(self) -> list:
-        """One decode step for every running row; returns their outputs (DECODING, or FINISHED)."""
+        """One decode step for every running row; returns those rows (`row.done` once finished)."""
         running = [row if row is not None and not row.done else None for row in self.rows]
-        outputs = []
         for slot, token in enumerate(self._decode(running)):
             row = running[slot]
             if row is not None:
                 row.append(token)
                 self._place(row, slot)
-                outputs.append(row.output())
-        return outputs
+        return [row for row in running if row is not None]
 
     def remove(self, request_id: str) -> bool:
         """Frees the slot of the request (running or finished and held); False when no slot holds it."""

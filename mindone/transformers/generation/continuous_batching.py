@@ -46,15 +46,17 @@ class ContinuousBatchingManager:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         self.model, self.generation_config = model, config
-        self.manual_eviction, self.streaming, self.slice_inputs = manual_eviction, streaming, slice_inputs
+        self.manual_eviction, self.streaming = manual_eviction, streaming
+        self.slice_inputs = slice_inputs  # transformers' argument, kept: rows here are never padded
         self.max_batch_size, self.tokenizer = max_batch_size, tokenizer
         self.max_cache_length = max_cache_length or _default_cache_length(model)
         self.input_queue = queue.Queue(maxsize=max_queue_size)
         self.output_queue = queue.Queue()
         self.stop_event = threading.Event()
         self._request_counter, self._request_lock = 0, threading.Lock()
-        self._cancelled, self._evicted = set(), queue.Queue()
-        self._generation_thread, self.engine = None, None
+        self._live, self._cancelled, self._evicted = set(), set(), queue.Queue()  # ids queued or running; to drop
+        self._wake = threading.Event()
+        self._generation_thread, self.engine, self._adding = None, None, None
 
     # ------------------------------------------------------------ the thread
     def start(self) -> None:
@@ -62,7 +64,7 @@ class ContinuousBatchingManager:
             logger.warning("Manager thread is already running.")
             return
         self.stop_event.clear()
-        self._generation_thread = threading.Thread(target=self._run_generation_loop, daemon=True)
+        self._generation_thread = threading.Thread(target=self._run_generation_loop)
         self._generation_thread.start()
 
     def is_running(self) -> bool:
@@ -74,6 +76,7 @@ class ContinuousBatchingManager:
             logger.warning("Manager not started.")
             return
         self.stop_event.set()
+        self._wake.set()
         if block:
             self.join(timeout)
 
@@ -96,9 +99,12 @@ class ContinuousBatchingManager:
             raise ValueError("a request needs at least one prompt token id")
         config = self.generation_config
         if max_new_tokens is not None:
-            config = _copy_with(config, max_new_tokens=max_new_tokens)
+            config = copy.deepcopy(config)
+            config.update(max_new_tokens=max_new_tokens)
         seed = int(np.random.randint(0, 2**31 - 1))
+        self._live.add(request_id)
         self.input_queue.put(BatchRequest(request_id, prompt, config, seed), block=True, timeout=10)
+        self._wake.set()
         return request_id
 
     def add_requests(self, inputs: list, **kwargs) -> None:
@@ -107,13 +113,16 @@ class ContinuousBatchingManager:
 
     def cancel_request(self, request_id: str) -> None:
         """Drops a queued or running request; nothing more is sent for it."""
-        self._cancelled.add(request_id)
+        if request_id in self._live:
+            self._cancelled.add(request_id)
+            self._wake.set()
 
     def evict_request_from_cache(self, request_id: str) -> None:
         """Frees the slot a finished request still holds (manual_eviction=True keeps it until this call)."""
         if not self.manual_eviction:
             raise RuntimeError("Manual eviction is not enabled for this manager.")
         self._evicted.put(request_id)
+        self._wake.set()
 
     # ------------------------------------------------------------ results
     def get_result(self, request_id=None, timeout=None) -> Optional[GenerationOutput]:
@@ -137,13 +146,25 @@ class ContinuousBatchingManager:
                 yield result
 
     def request_id_iter(self, request_id):
-        """The outputs of one request as they come, until it finishes, fails or is cancelled."""
-        while request_id not in self._cancelled and (self.is_running() or not self.output_queue.empty()):
-            result = self.get_result(request_id=request_id, timeout=0.1)
+        """The outputs of one request as they come, until it finishes, fails or is cancelled (or the thread ends)."""
+        while request_id not in self._cancelled:
+            running = self.is_running()
+            result = self.get_result(request_id=request_id, timeout=0.1) if running else self._take(request_id)
             if result is not None:
                 yield result
                 if result.status in (RequestStatus.FINISHED, RequestStatus.FAILED):
                     return
+            elif not running:
+                return
+
+    def _take(self, request_id) -> Optional[GenerationOutput]:
+        """The first queued output of `request_id`, the others left in order (for a stopped manager)."""
+        with self.output_queue.mutex:
+            waiting = self.output_queue.queue
+            found = next((output for output in waiting if output.request_id == request_id), None)
+            if found is not None:
+                waiting.remove(found)
+            return found
 
     # ------------------------------------------------------------ the loop (background thread)
     def _run_generation_loop(self) -> None:
@@ -153,11 +174,13 @@ class ContinuousBatchingManager:
                                             chunk, hold_finished=self.manual_eviction)  # fmt: skip
             with self.model._generation_scope():
                 while not self.stop_event.is_set() or self._has_pending():
-                    self._drop_cancelled_and_evicted()
+                    self._free_slots()
                     self._fill_free_slots()
                     if self.engine.busy():
-                        for output in self.engine.step():
-                            self._send(output)
+                        self._advance()
+                    else:  # nothing to decode: sleep until a request, a cancel, an eviction or stop()
+                        self._wake.wait(0.05)
+                        self._wake.clear()
         except Exception as err:  # noqa: BLE001 - every waiting request learns why the thread ended
             logger.error(f"Error in generation loop: {err}", exc_info=True)
             self._fail_all(err)
@@ -165,34 +188,56 @@ class ContinuousBatchingManager:
     def _has_pending(self) -> bool:
         return self.engine.busy() or not self.input_queue.empty()
 
-    def _fill_free_slots(self) -> None:
-        """Free slots take queued requests; with nothing running it waits briefly for one instead of spinning."""
-        while self.engine.free_slot() is not None:
-            try:
-                request = self.input_queue.get(block=not self.engine.busy(), timeout=0.05)
-            except queue.Empty:
-                return
-            if request.request_id not in self._cancelled:
-                self._send(self.engine.add(request))
-
-    def _drop_cancelled_and_evicted(self) -> None:
+    def _free_slots(self) -> None:
+        """Cancelled and evicted requests leave their slots; after stop() so do finished ones still held."""
         for request_id in list(self._cancelled):
-            self.engine.remove(request_id)
+            if self.engine.remove(request_id):
+                self._forget(request_id)
         while not self._evicted.empty():
             self.engine.remove(self._evicted.get())
+        if self.stop_event.is_set():
+            for row in list(self.engine.rows):
+                if row is not None and row.done:
+                    self.engine.remove(row.request.request_id)
+
+    def _fill_free_slots(self) -> None:
+        while self.engine.free_slot() is not None:
+            try:
+                request = self._adding = self.input_queue.get_nowait()
+            except queue.Empty:
+                return
+            if request.request_id in self._cancelled:
+                self._forget(request.request_id)
+            else:
+                self._send(self.engine.add(request))
+            self._adding = None
+
+    def _advance(self) -> None:
+        for row in self.engine.step():
+            if self.streaming or row.done:
+                self._send(row.output())
 
     def _send(self, output: GenerationOutput) -> None:
         if output.request_id in self._cancelled:
             return
+        if output.status in (RequestStatus.FINISHED, RequestStatus.FAILED):
+            self._live.discard(output.request_id)
         if self.streaming or output.status in (RequestStatus.FINISHED, RequestStatus.FAILED):
             self.output_queue.put(output)
 
+    def _forget(self, request_id: str) -> None:
+        self._cancelled.discard(request_id)
+        self._live.discard(request_id)
+
     def _fail_all(self, error: Exception) -> None:
         self.stop_event.set()
-        running = [row.request for row in (self.engine.rows if self.engine else []) if row is not None and not row.done]
+        engine_rows = self.engine.rows if self.engine else []
+        failed = [row.request for row in engine_rows if row is not None and not row.done]
+        failed += [self._adding] if self._adding is not None else []
         while not self.input_queue.empty():
-            running.append(self.input_queue.get_nowait())
-        for request in running:
+            failed.append(self.input_queue.get_nowait())
+        for request in failed:
+            self._live.discard(request.request_id)
             self.output_queue.put(GenerationOutput(request.request_id, list(request.input_ids), error=str(error),
                                                    status=RequestStatus.FAILED))  # fmt: skip
 
@@ -244,12 +289,6 @@ class ContinuousMixin:
 def _default_cache_length(model) -> int:
     positions = max_positions_of(model)
     return min(positions, DEFAULT_CACHE_LENGTH) if positions else cache_length_for(DEFAULT_CACHE_LENGTH)
-
-
-def _copy_with(config, **changes):
-    config = copy.deepcopy(config)
-    config.update(**changes)
-    return config
 
 
 __all__ = ["ContinuousBatchingManager", "ContinuousMixin", "GenerationOutput", "RequestStatus"]

@@ -50,6 +50,8 @@ class DynamicDecoder:
         self.rope_switch = rope_switch_length(model.config) if recompute else None
         self.width = generation_config.max_length
         self.prefill_chunk = generation_config.prefill_chunk_size
+        if self.prefill_chunk and self.cache is None:  # transformers' error
+            raise ValueError("Cannot use prefill chunking without a cache")
 
     def logits(self, input_ids, attention_mask, logits_to_keep: int = 1) -> ms.Tensor:
         return self._forward(host_array(input_ids), host_array(attention_mask), logits_to_keep)

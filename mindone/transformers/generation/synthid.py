@@ -20,7 +20,7 @@ import numpy as np
 from mindspore import mint, ops
 from mindspore.common.initializer import Normal
 from numpy.lib.stride_tricks import sliding_window_view
-from transformers.generation import BayesianDetectorConfig
+from transformers import PretrainedConfig
 from transformers.utils import ModelOutput
 
 from ..layers import _param
@@ -196,6 +196,19 @@ class SynthIDTextWatermarkLogitsProcessor(LogitsProcessor):
     def expected_mean_g_value(self, vocab_size: int, coinflip_prob: float = 0.5) -> float:
         """The mean g-value of watermarked text under a uniform language model, for one tournament layer."""
         return coinflip_prob + coinflip_prob * (1 - coinflip_prob) * (1 - (1 / vocab_size))
+
+
+class BayesianDetectorConfig(PretrainedConfig):
+    """transformers' BayesianDetectorConfig, which transformers defines in a module that needs PyTorch: the number of
+    tournament layers and the prior probability that a text is watermarked. Its config.json is the same file."""
+
+    def __init__(self, watermarking_depth: Optional[int] = None, base_rate: float = 0.5, **kwargs):
+        self.watermarking_depth, self.base_rate = watermarking_depth, base_rate
+        self.model_name, self.watermarking_config = None, None  # set_detector_information; config.json may hold them
+        super().__init__(**kwargs)
+
+    def set_detector_information(self, model_name, watermarking_config):
+        self.model_name, self.watermarking_config = model_name, watermarking_config
 
 
 @dataclass

@@ -9,6 +9,7 @@ import contextlib
 import copy
 import functools
 import logging
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -38,6 +39,7 @@ from .stopping_criteria import (
 
 logger = logging.getLogger(__name__)
 warning_once = functools.lru_cache(None)(logger.warning)  # transformers' logger.warning_once: each text once
+_SCOPES = threading.Lock()
 
 
 @dataclass
@@ -375,11 +377,13 @@ class GenerationMixin(ContinuousMixin):
     def _generation_scope(self):
         """Checks the weights once (before a compiled step is chosen) instead of in every forward inside."""
         self.check_weights()
-        outer, self.__dict__["generating"] = self.__dict__.get("generating", False), True
+        with _SCOPES:  # a count, so that nested calls and other threads' calls (a batching manager) can overlap
+            self.__dict__["generating"] = self.__dict__.get("generating", 0) + 1
         try:
             yield
         finally:
-            self.__dict__["generating"] = outer
+            with _SCOPES:
+                self.__dict__["generating"] -= 1
 
     def _generate(self, inputs, generation_config, logits_processor, stopping_criteria, prefix_allowed_tokens_fn,
                   assistant_model, streamer, use_model_defaults, **kwargs):  # fmt: skip
@@ -402,8 +406,8 @@ class GenerationMixin(ContinuousMixin):
         attention_mask = _as_id_tensor(attention_mask).astype(ms.int32)
 
         _check_supported(generation_config)
-        _check_assistant_settings(kwargs, assistant_model if assistant_model is not None else
-                                  self if generation_config.assistant_early_exit is not None else None)  # fmt: skip
+        drafter = assistant_model if generation_config.assistant_early_exit is None else self
+        _check_assistant_settings(kwargs, drafter)
         mode = generation_config.get_generation_mode(assistant_model)
         if streamer is not None and generation_config.num_beams > 1:
             raise ValueError("`streamer` cannot be used with beam search (yet!). Make sure that `num_beams` is set to 1.")
@@ -797,15 +801,13 @@ DRAFTER_SETTINGS = ("num_assistant_tokens", "num_assistant_tokens_schedule", "as
 
 
 def _check_assistant_settings(kwargs: dict, drafter) -> None:
-    """transformers reads these from the drafting model's generation_config; passed to generate() they would be
-    ignored, so a value that differs from the drafter's (or that has no drafter) is an error here."""
+    """transformers reads these from the drafting model's generation_config and ignores them as generate()
+    arguments; here such an argument is an error that says where the setting goes."""
     for name in DRAFTER_SETTINGS:
-        if name not in kwargs:
-            continue
-        if drafter is None:
+        if name in kwargs and drafter is None:
             raise ValueError(f"{name} applies to drafting with assistant_model or assistant_early_exit, which this call "
                              "does not use")  # fmt: skip
-        if getattr(drafter.generation_config, name) != kwargs[name]:
+        if name in kwargs:
             raise ValueError(f"{name} is read from the drafting model's generation_config, as in transformers, not from "
                              f"generate()'s arguments; set <model>.generation_config.{name} = {kwargs[name]!r} on it")  # fmt: skip
 
