@@ -96,3 +96,22 @@ def test_chunked_prefill_without_a_cache_raises_like_transformers(pair):
         reference.generate(torch.tensor(ids), max_new_tokens=2, prefill_chunk_size=2, use_cache=False)
     with pytest.raises(ValueError, match="Cannot use prefill chunking without a cache"):
         model.generate(ms_tensor(ids), max_new_tokens=2, prefill_chunk_size=2, use_cache=False)
+
+
+def test_chunked_prefill_across_a_longrope_switch_is_refused(tmp_path):
+    """Past the switch every position takes the long factors, which a chunk before it cannot know yet."""
+    import transformers
+    from helpers import TINY
+
+    from mindone.transformers import AutoModelForCausalLM
+
+    rope = {"type": "longrope", "short_factor": [1.0, 1.1, 1.2, 1.3], "long_factor": [2.0, 2.5, 3.0, 4.0]}
+    config = transformers.Phi3Config(**{**TINY, "max_position_embeddings": 64}, original_max_position_embeddings=16,
+                                     rope_scaling=rope)  # fmt: skip
+    transformers.Phi3ForCausalLM(config).save_pretrained(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path))
+    short = ms_tensor(random_ids(1, 12, seed=1))  # generation passes the switch, recomputing the cache whole
+    chunked = model.generate(short, max_new_tokens=8, prefill_chunk_size=4)
+    assert chunked.asnumpy().tolist() == model.generate(short, max_new_tokens=8).asnumpy().tolist()
+    with pytest.raises(ValueError, match="cannot split a prompt that passes the model's LongRoPE switch at 16"):
+        model.generate(ms_tensor(random_ids(1, 20, seed=1)), max_new_tokens=3, prefill_chunk_size=4)

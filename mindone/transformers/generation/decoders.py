@@ -64,14 +64,22 @@ class DynamicDecoder:
     def _forward(self, ids: np.ndarray, mask: np.ndarray, logits_to_keep: int = 1) -> ms.Tensor:
         seen = self.cache.get_seq_length() if self.cache is not None else 0
         length = ids.shape[1]
-        if self.rope_switch is not None and 0 < seen <= self.rope_switch < length:
-            seen = self._restart()  # cached keys were rotated for the short context: recompute them
         mask = mask.astype(np.int32)
+        if self.rope_switch is not None and 0 < seen <= self.rope_switch < length:
+            self._restart()  # cached keys were rotated for the short context: recompute them, in one forward
+            return self._run(ids, mask, 0, length, logits_to_keep)
         if self.prefill_chunk and self.cache is not None:  # transformers' chunked prefill: all but the scored tokens
+            self._check_chunkable(seen, length - logits_to_keep)
             for start in range(seen, length - logits_to_keep, self.prefill_chunk):
                 self._run(ids, mask, start, min(start + self.prefill_chunk, length - logits_to_keep), 1)
             seen = max(seen, length - logits_to_keep)
         return self._run(ids, mask, seen, length, logits_to_keep)
+
+    def _check_chunkable(self, start: int, end: int) -> None:
+        if self.rope_switch is not None and end - start > self.prefill_chunk and end > self.rope_switch:
+            raise ValueError(f"prefill_chunk_size cannot split a prompt that passes the model's LongRoPE switch at "
+                             f"{self.rope_switch} positions: its first chunks would be rotated for the short context; "
+                             "generate without prefill_chunk_size")  # fmt: skip
 
     def _run(self, ids: np.ndarray, mask: np.ndarray, start: int, end: int, logits_to_keep: int) -> ms.Tensor:
         """The model over tokens [start, end) of `ids` (the cache holds those before `start`)."""
@@ -94,12 +102,11 @@ class DynamicDecoder:
             self.cache.seen_tokens = end
         return outputs.logits.astype(ms.float32)
 
-    def _restart(self) -> int:
+    def _restart(self) -> None:
         if isinstance(self.cache, StaticCache):
             self.cache.seen_tokens = 0
         else:
             self.cache = DynamicCache()
-        return 0
 
     def reorder(self, beam_idx: ms.Tensor) -> None:
         if self.cache is not None:
