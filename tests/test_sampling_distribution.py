@@ -90,3 +90,22 @@ def test_same_seed_same_samples(model):
         set_seed(seed)
         draws.append(model.generate(prompt, do_sample=True, max_new_tokens=3, pad_token_id=0, top_k=0).asnumpy().tolist())
     assert draws[0] == draws[1] != draws[2]
+
+
+def test_speculative_sampling_keeps_the_target_distribution():
+    """Assisted sampling accepts a drafted token with probability min(1, p/q) and otherwise resamples from
+    max(0, p - q): the first token then follows the main model's distribution p whatever the draft's q is
+    (transformers' _speculative_sampling, Leviathan et al. 2023, algorithm 1)."""
+    from mindone.transformers.generation.candidate_generator import speculative_sampling
+
+    rng = np.random.default_rng(7)
+    vocab, draws = 8, 2000
+    draft_logits, target_logits = rng.normal(size=(1, vocab)) * 2, rng.normal(size=(2, vocab)) * 2
+    q = np.exp(draft_logits[0]) / np.exp(draft_logits[0]).sum()
+    p = np.exp(target_logits[0]) / np.exp(target_logits[0]).sum()
+    set_seed(3)
+    draft, target = ms.Tensor(draft_logits, ms.float32), ms.Tensor(target_logits, ms.float32)
+    first = [speculative_sampling(np.array([rng.choice(vocab, p=q)]), draft, target, False)[0][0] for _ in range(draws)]
+    counts = np.bincount(first, minlength=vocab)
+    assert stats.chisquare(counts, p * draws).pvalue > 0.001
+    assert stats.chisquare(counts, q * draws).pvalue < 1e-6  # the draft's own distribution is clearly rejected
