@@ -215,6 +215,12 @@ def test_drafting_settings_given_to_generate_are_refused_instead_of_ignored(mode
     with pytest.raises(ValueError, match=f"{name} is read from the drafting model's generation_config"):
         main.generate(ids, max_new_tokens=3, assistant_model=draft, **{name: value})  # ... not here, even when equal
     main.generate(ids, max_new_tokens=3, assistant_model=draft)
+    config = copy.deepcopy(main.generation_config)
+    config.update(**{name: value})
+    main.generate(ids, max_new_tokens=3, assistant_model=draft, generation_config=config)  # the drafter's value
+    setattr(config, name, {"num_assistant_tokens": 7, "assistant_confidence_threshold": 0.2}.get(name, "heuristic_transient"))
+    with pytest.raises(ValueError, match=f"{name} is read from the drafting model's generation_config"):
+        main.generate(ids, max_new_tokens=3, assistant_model=draft, generation_config=config)
 
 
 def test_legacy_cache_output_with_an_assistant(models):

@@ -390,6 +390,7 @@ class GenerationMixin(ContinuousMixin):
         tokenizer = kwargs.pop("tokenizer", None)
         if kwargs.pop("assistant_tokenizer", None) is not None:
             raise NotImplementedError("assistant models with a different tokenizer (assistant_tokenizer) are not supported")
+        passed_config = generation_config
         generation_config, model_kwargs = self._prepare_generation_config(generation_config, use_model_defaults, **kwargs)
         input_ids = inputs if inputs is not None else model_kwargs.pop("input_ids", None)
         if input_ids is None:  # transformers starts one row from bos_token_id
@@ -407,7 +408,7 @@ class GenerationMixin(ContinuousMixin):
 
         _check_supported(generation_config)
         drafter = assistant_model if generation_config.assistant_early_exit is None else self
-        _check_assistant_settings(kwargs, drafter)
+        _check_assistant_settings(kwargs, passed_config, drafter)
         mode = generation_config.get_generation_mode(assistant_model)
         if streamer is not None and generation_config.num_beams > 1:
             raise ValueError("`streamer` cannot be used with beam search (yet!). Make sure that `num_beams` is set to 1.")
@@ -800,16 +801,23 @@ def _check_supported(gc) -> None:
 DRAFTER_SETTINGS = ("num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold")
 
 
-def _check_assistant_settings(kwargs: dict, drafter) -> None:
-    """transformers reads these from the drafting model's generation_config and ignores them as generate()
-    arguments; here such an argument is an error that says where the setting goes."""
-    for name in DRAFTER_SETTINGS:
-        if name in kwargs and drafter is None:
-            raise ValueError(f"{name} applies to drafting with assistant_model or assistant_early_exit, which this call "
-                             "does not use")  # fmt: skip
-        if name in kwargs:
-            raise ValueError(f"{name} is read from the drafting model's generation_config, as in transformers, not from "
-                             f"generate()'s arguments; set <model>.generation_config.{name} = {kwargs[name]!r} on it")  # fmt: skip
+def _check_assistant_settings(kwargs: dict, passed_config, drafter) -> None:
+    """transformers reads these from the drafting model's generation_config and ignores them in generate()'s
+    arguments or config; here an argument, or a config value the drafter does not have, is an error that says where
+    the setting goes."""
+    given = {name: kwargs[name] for name in DRAFTER_SETTINGS if name in kwargs}
+    if given and drafter is None:
+        raise ValueError(f"{next(iter(given))} applies to drafting with assistant_model or assistant_early_exit, which "
+                         "this call does not use")  # fmt: skip
+    if passed_config is not None and drafter is not None:
+        defaults = GenerationConfig()
+        for name in DRAFTER_SETTINGS:
+            value = getattr(passed_config, name)
+            if value != getattr(defaults, name) and value != getattr(drafter.generation_config, name):
+                given.setdefault(name, value)
+    for name, value in given.items():
+        raise ValueError(f"{name} is read from the drafting model's generation_config, as in transformers, not from "
+                         f"generate()'s arguments or config; set <model>.generation_config.{name} = {value!r} on it")  # fmt: skip
 
 
 def _keep_learned_draft_length(generator) -> None:
