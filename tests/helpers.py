@@ -36,6 +36,14 @@ def save_tiny_llama(directory, seed: int = 0, **overrides):
     return model
 
 
+def tiny_llama_pair(directory, seed: int = 0, **overrides):
+    """(the PyTorch model, the same checkpoint loaded here) for a random Llama saved in `directory`."""
+    from mindone.transformers import LlamaForCausalLM
+
+    reference = save_tiny_llama(directory, seed, **overrides)
+    return reference, LlamaForCausalLM.from_pretrained(str(directory))
+
+
 def random_ids(batch: int, length: int, vocab: int = 99, seed: int = 0, low: int = 3) -> np.ndarray:
     return np.random.default_rng(seed).integers(low, vocab, size=(batch, length)).astype(np.int64)
 

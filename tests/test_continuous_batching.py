@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from helpers import TINY, random_ids, save_tiny_llama, torch_generate
+from helpers import TINY, random_ids, tiny_llama_pair, torch_generate
 
 import mindspore as ms
-from mindone.transformers import AutoModelForCausalLM, LlamaForCausalLM, set_seed
+from mindone.transformers import AutoModelForCausalLM, set_seed
 from mindone.transformers.generation import continuous
 from mindone.transformers.generation.continuous import BatchRequest, ContinuousBatcher, RequestStatus
 from mindone.transformers.generation.decoders import compiled_graph_count
@@ -21,8 +21,7 @@ LENGTHS = (5, 17, 3, 9, 12, 1, 7)
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     directory = tmp_path_factory.mktemp("tiny_llama_cb")
-    reference = save_tiny_llama(directory, seed=5)
-    return reference, LlamaForCausalLM.from_pretrained(str(directory))
+    return tiny_llama_pair(directory, seed=5)
 
 
 def prompts(lengths=LENGTHS, seed=0):

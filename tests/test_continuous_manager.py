@@ -6,9 +6,9 @@ import time
 
 import numpy as np
 import pytest
-from helpers import TINY, random_ids, save_tiny_llama, torch_generate
+from helpers import TINY, random_ids, tiny_llama_pair, torch_generate
 
-from mindone.transformers import GenerationConfig, LlamaForCausalLM
+from mindone.transformers import GenerationConfig
 from mindone.transformers.generation.continuous_batching import ContinuousBatchingManager, RequestStatus
 
 TINY_GENERATION = {key: TINY[key] for key in ("bos_token_id", "eos_token_id", "pad_token_id")}
@@ -18,8 +18,7 @@ WAIT = 120  # seconds a result may take at most on a loaded machine
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     directory = tmp_path_factory.mktemp("tiny_llama_manager")
-    reference = save_tiny_llama(directory, seed=5)
-    return reference, LlamaForCausalLM.from_pretrained(str(directory))
+    return tiny_llama_pair(directory, seed=5)
 
 
 def settings(**fields) -> GenerationConfig:

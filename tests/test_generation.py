@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from helpers import TINY, left_padded, ms_tensor, random_ids, save_tiny_llama, torch_generate
+from helpers import TINY, left_padded, ms_tensor, random_ids, tiny_llama_pair, torch_generate
 from scipy import stats
 
 from mindone.transformers import (
@@ -25,8 +25,7 @@ from mindone.transformers import backend
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     directory = tmp_path_factory.mktemp("gen")
-    reference = save_tiny_llama(directory, seed=1)
-    return reference, LlamaForCausalLM.from_pretrained(str(directory))
+    return tiny_llama_pair(directory, seed=1)
 
 
 @pytest.fixture

@@ -3,29 +3,26 @@
 import copy
 import threading
 
-import mindspore as ms
 import numpy as np
 import pytest
 import torch
 import transformers
-from helpers import TINY, left_padded, ms_tensor, random_ids, save_tiny_llama
+from helpers import TINY, left_padded, ms_tensor, random_ids, tiny_llama_pair
 
-from mindone.transformers import LlamaForCausalLM, TextIteratorStreamer, TextStreamer, set_seed
+from mindone.transformers import TextIteratorStreamer, TextStreamer, set_seed
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     directory = tmp_path_factory.mktemp("strategies")
-    reference = save_tiny_llama(directory, seed=2)
-    return reference, LlamaForCausalLM.from_pretrained(str(directory))
+    return tiny_llama_pair(directory, seed=2)
 
 
 @pytest.fixture(scope="module")
 def draft(tmp_path_factory):
     """A second, smaller random model with the same vocabulary, as the assistant."""
     directory = tmp_path_factory.mktemp("draft")
-    reference = save_tiny_llama(directory, seed=7, num_hidden_layers=1)
-    return reference, LlamaForCausalLM.from_pretrained(str(directory))
+    return tiny_llama_pair(directory, seed=7, num_hidden_layers=1)
 
 
 def _run_both(pair, ids, mask=None, **kwargs):

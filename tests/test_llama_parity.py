@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
-from helpers import left_padded, ms_tensor, random_ids, save_tiny_llama, torch_generate, torch_logits
+from helpers import left_padded, ms_tensor, random_ids, tiny_llama_pair, torch_generate, torch_logits
 
-from mindone.transformers import DynamicCache, LlamaForCausalLM
+from mindone.transformers import DynamicCache
 
 CONFIGS = {
     "mha": dict(num_key_value_heads=4),
@@ -34,8 +34,7 @@ CONFIGS = {
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def pair(request, tmp_path_factory):
     directory = tmp_path_factory.mktemp(request.param)
-    reference = save_tiny_llama(directory, **CONFIGS[request.param])
-    return reference, LlamaForCausalLM.from_pretrained(str(directory))
+    return tiny_llama_pair(directory, **CONFIGS[request.param])
 
 
 def test_prefill_logits_match(pair):

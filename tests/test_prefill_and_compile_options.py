@@ -5,7 +5,7 @@ import mindspore as ms
 import numpy as np
 import pytest
 import torch
-from helpers import left_padded, ms_tensor, random_ids, save_tiny_llama
+from helpers import left_padded, ms_tensor, random_ids, save_tiny_llama, tiny_llama_pair
 
 from mindone.transformers import LlamaForCausalLM
 from mindone.transformers.generation.decoders import DynamicDecoder, compiled_graph_count
@@ -14,8 +14,7 @@ from mindone.transformers.generation.decoders import DynamicDecoder, compiled_gr
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     directory = tmp_path_factory.mktemp("prefill")
-    reference = save_tiny_llama(directory, seed=4)
-    return reference, LlamaForCausalLM.from_pretrained(str(directory))
+    return tiny_llama_pair(directory, seed=4)
 
 
 def forward_spans(monkeypatch) -> list:

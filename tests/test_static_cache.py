@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from helpers import TINY, left_padded, ms_tensor, random_ids, save_tiny_llama, torch_generate
+from helpers import TINY, left_padded, ms_tensor, random_ids, save_tiny_llama, tiny_llama_pair, torch_generate
 
 from mindone.transformers import LlamaForCausalLM, StaticCache, set_seed
 from mindone.transformers.generation.decoders import compiled_graph_count
@@ -24,8 +24,7 @@ CONFIGS = {
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def pair(request, tmp_path_factory):
     directory = tmp_path_factory.mktemp(request.param)
-    reference = save_tiny_llama(directory, seed=3, **CONFIGS[request.param])
-    return reference, LlamaForCausalLM.from_pretrained(str(directory))
+    return tiny_llama_pair(directory, seed=3, **CONFIGS[request.param])
 
 
 @pytest.fixture

@@ -9,12 +9,12 @@ import mindspore as ms
 import numpy as np
 import pytest
 import torch
-from helpers import ms_tensor, random_ids, save_tiny_llama
+from helpers import ms_tensor, random_ids, tiny_llama_pair
 from transformers.generation import BayesianDetectorModel as TheirDetectorModel
 from transformers.generation import SynthIDTextWatermarkDetector as TheirDetector
 from transformers.generation import SynthIDTextWatermarkLogitsProcessor as TheirProcessor
 
-from mindone.transformers import LlamaForCausalLM, set_seed
+from mindone.transformers import set_seed
 from mindone.transformers.generation import (
     BayesianDetectorConfig,
     BayesianDetectorModel,
@@ -45,8 +45,7 @@ def ids_with_repeats_and_eos() -> np.ndarray:
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     directory = tmp_path_factory.mktemp("synthid_llama")
-    reference = save_tiny_llama(directory, seed=2)
-    return reference, LlamaForCausalLM.from_pretrained(str(directory))
+    return tiny_llama_pair(directory, seed=2)
 
 
 @pytest.fixture(scope="module")

@@ -218,11 +218,11 @@ class ContinuousBatchingManager:
                 self._send(row.output())
 
     def _send(self, output: GenerationOutput) -> None:
-        if output.request_id in self._cancelled:
-            return
-        if output.status in (RequestStatus.FINISHED, RequestStatus.FAILED):
-            self._live.discard(output.request_id)
-        if self.streaming or output.status in (RequestStatus.FINISHED, RequestStatus.FAILED):
+        ended = output.status in (RequestStatus.FINISHED, RequestStatus.FAILED)
+        cancelled = output.request_id in self._cancelled
+        if ended:  # a request cancelled as it ended has nothing left to drop
+            self._forget(output.request_id)
+        if not cancelled and (self.streaming or ended):
             self.output_queue.put(output)
 
     def _forget(self, request_id: str) -> None:
